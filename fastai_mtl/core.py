@@ -31,6 +31,8 @@ __all__ = ['IGNORE_INDEX', 'MISSING_LABEL', 'MISSING_COORD', 'check_install', 'i
            'row_desc', 'Task']
 
 # %% ../nbs/00_core.ipynb #4fdccb49
+# fastai calls `torch.jit.script` at import time, which recent torch deprecates: not our users' concern
+warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
 from fastai.vision.all import *
 
 # %% ../nbs/00_core.ipynb #9f6345bf
@@ -120,8 +122,15 @@ class Task:
         return []
 
     # --- inference and display ---------------------------------------------------------------------------------
-    def activation(self, pred:Tensor) -> Tensor: return pred
-    def decodes(self, pred:Tensor) -> Tensor: return pred
+    def activation(self, pred:Tensor) -> Tensor:
+        "Model output -> probabilities (or values) of a batch"
+        return pred
+    def decodes(self, pred:Tensor) -> Tensor:
+        "Activated batch -> decoded targets, typed like the batch's targets (so fastai's pipeline can decode them)"
+        return pred
+    def to_source(self, act:Tensor, frame):
+        "Activated prediction of one sample -> the result in the source image's coordinates (`frame`: `SourceFrame`)"
+        raise NotImplementedError(f'{type(self).__name__} must define `to_source`')
     def show(self, o, ctx=None, pred=False, **kwargs):
         "Draw decoded target (or prediction if `pred`) `o` on the matplotlib axis `ctx`"
         return ctx
