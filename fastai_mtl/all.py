@@ -12,3 +12,7 @@ from .tasks import *
 from .data import *
 from .model import *
 from .learner import *
+from .weighting import *
+from .alternation import *
+from .crossstitch import *
+from .demo import *

@@ -120,6 +120,9 @@ class Task:
     def metrics(self, i:int) -> list:
         "Metrics for this task, which is at position `i` of the model's outputs and the batch's targets"
         return []
+    def constant_pred(self, targ:Tensor) -> Tensor:
+        "The one model output (for a single sample) that best fits the labelled items of `targ` when it ignores the image"
+        raise NotImplementedError(f'{type(self).__name__} must define `constant_pred`')
 
     # --- inference and display ---------------------------------------------------------------------------------
     def activation(self, pred:Tensor) -> Tensor:

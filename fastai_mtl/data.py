@@ -75,6 +75,7 @@ class MTLDataLoaders(DataLoaders):
                 valid_pct:float=0.2, seed:int=None, size:int|tuple=None,
                 item_tfms:list=None, # default: `Resize(size, method='squish')` when `size` is given
                 batch_tfms:list=None, bs:int=64,
+                img_cls=PILImage, # the image type: `PILImageBW` for single-channel images (with `n_in=1` in the learner)
                 sampler:Sampler|str=None, # how training batches are drawn: a `Sampler`, or 'mixed', 'task', 'epoch', 'balanced'
                 mask_col:str=None, codes:list=None, label_col:str|list=None, box_cols:list=None, code_map:dict=None, # shortcut for `tasks`
                 **kwargs):
@@ -87,7 +88,7 @@ class MTLDataLoaders(DataLoaders):
         splitter = ColSplitter(valid_col) if valid_col is not None else RandomSplitter(valid_pct, seed=seed)
         splits = splitter(df)
         if item_tfms is None and size is not None: item_tfms = Resize(size, method=ResizeMethod.Squish)
-        dblock = mtl_datablock(tasks, path, fn_col, lambda _: splits, item_tfms, batch_tfms)
+        dblock = mtl_datablock(tasks, path, fn_col, lambda _: splits, item_tfms, batch_tfms, img_cls=img_cls)
         try: dls = dblock.dataloaders(df, path=path, bs=bs, dl_kwargs=[{'sampler': _sampler(sampler)}, {'sampler': None}], **kwargs)
         except MTLDataError as e:
             if str(e).startswith('sample '): raise

@@ -33,6 +33,16 @@ def _feature_info_names(body):
         except (AttributeError, TypeError, KeyError): continue
         return [f'{pre}.{n}' if pre else n for n in names]
 
+def _in_channels(m:nn.Module) -> int:
+    "Input channels of the first convolution of `m`: fastai's `in_channels`, also for conv layers holding sub-modules"
+    for l in m.modules():
+        w = getattr(l, 'weight', None)
+        if isinstance(w, Tensor) and w.ndim==4: return w.shape[1]
+    raise ValueError(f'{type(m).__name__} has no convolution: cannot tell its input channels')
+
+# padding layers (e.g. EfficientNet's "same" padding inside its convs) change the size without being a new resolution
+_PADS = (nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d, nn.CircularPad2d)
+
 def _record(body, names, img_size):
     "Run a dummy batch of `img_size` through `body`: output shape, calls and run order of the modules `names`"
     mods,rec,order = dict(body.named_modules()),{},itertools.count()
@@ -44,7 +54,7 @@ def _record(body, names, img_size):
     hooks = [mods[n].register_forward_hook(_f(n)) for n in names]
     training = body.training
     try:
-        x = one_param(body).new_zeros(1, in_channels(body), *img_size).uniform_(-1, 1)
+        x = one_param(body).new_zeros(1, _in_channels(body), *img_size).uniform_(-1, 1)
         with torch.no_grad(): out = body.eval()(x)
     finally:
         for h in hooks: h.remove()
@@ -72,7 +82,7 @@ class EncoderFeatures:
         img_size,fi = _size(img_size),_feature_info_names(body)
         if names is not None and (bad := [n for n in names if n not in dict(body.named_modules())]):
             raise ValueError(f'names {bad}: not modules of the body (see `body.named_modules()`)')
-        cands = names or fi or [n for n,_ in body.named_modules() if n]
+        cands = names or fi or [n for n,m in body.named_modules() if n and not isinstance(m, _PADS)]
         rec,in_shape,out_shape = _record(body, cands, img_size)
         if len(out_shape)!=4: raise ValueError(f'The body must return a feature map (bs, nf, h, w), got shape '
                                                f'{tuple(out_shape)}: cut the model before its pooling and classifier')

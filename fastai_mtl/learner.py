@@ -87,6 +87,18 @@ class MTLLearner(Learner):
         "Train with bfloat16 autocast, on CUDA or CPU (fastai's own `to_bf16` only autocasts on CUDA)"
         return self.add_cb(DeviceMixedPrecision(amp_mode=AMPMode.BF16))
 
+    def baseline(self, dl=None) -> dict:
+        "Every task's metrics on `dl` (default: validation) for its best constant prediction (`Task.constant_pred`, fitted on `dl`): chance level"
+        dl = ifnone(dl, self.dls.valid)
+        ybs = [b[self.dls.n_inp:] for b in dl]
+        consts = [t.constant_pred(torch.cat([yb[i].cpu() for yb in ybs])) for i,t in enumerate(self.tasks)]
+        mets = L(m for i,t in enumerate(self.tasks) for m in t.metrics(i))
+        for yb in ybs:
+            preds = tuple(c.to(y.device)[None].expand(len(y), *c.shape[:1], *(y.shape[1:] if c.dim()==3 else c.shape[1:]))
+                          for c,y in zip(consts, yb))
+            for m in mets: m.accumulate(SimpleNamespace(pred=preds, yb=yb, training=False))
+        return {m.name: m.value for m in mets}
+
 # %% ../nbs/11_learner.ipynb #07ce19f3
 class DeviceMixedPrecision(MixedPrecision):
     "fastai's `MixedPrecision` autocasting on the DataLoaders' device type (so bf16 also works on CPU)"
@@ -136,6 +148,8 @@ def mtl_learner(dls, arch=resnet34, pretrained:bool=True, tasks:list=None, loss_
                    weights=weights, arch_kwargs=arch_kwargs, **(head_kwargs or {}))
     if normalize: _add_norm(dls, getattr(model, 'arch_meta', _default_meta), pretrained or weights is not None, n_in)
     cbs = L(cbs)
+    from fastai_mtl.weighting import TaskLossRecorder  # here: weighting.py imports this module
+    if not any(isinstance(c, TaskLossRecorder) for c in cbs): cbs.append(TaskLossRecorder())  # for `plot_task_losses`
     if weighting is not None: cbs.append(_strategy_cb(weighting, mtl_weightings, 'weighting'))
     if alternation is not None:
         cbs.append(_strategy_cb(alternation, mtl_alternations, 'alternation',

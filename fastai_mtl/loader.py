@@ -23,8 +23,8 @@ class Sampler:
     def get_idxs(self, dl) -> list:
         "Flat list of sample indices; each consecutive `dl.bs` of them is one batch"
         raise NotImplementedError
-    def __repr__(self): return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k,v in self.__stored_args__.items())})" \
-        if hasattr(self, '__stored_args__') else f'{type(self).__name__}()'
+    _repr_args = ()
+    def __repr__(self): return f"{type(self).__name__}({', '.join(f'{k}={getattr(self, k)!r}' for k in self._repr_args)})"
 
 # %% ../nbs/07_loader.ipynb #d61319c2
 class PoolStream:
@@ -61,11 +61,12 @@ class MixedSampler(Sampler):
 # %% ../nbs/07_loader.ipynb #71280847
 class TaskBatchSampler(Sampler):
     "Task-homogeneous batches, tasks in turn: each batch only holds samples carrying that task's target"
+    _repr_args = ('tasks', 'epoch')
     def __init__(self, tasks=None, epoch:str|int='max'):
         if not (isinstance(epoch, int) or epoch in ('max', 'min')): raise ValueError(f"epoch must be 'max', 'min' or an int, got {epoch!r}")
         store_attr()
 
-    def _active(self, dl) -> list:
+    def active_tasks(self, dl) -> list:
         "Indices of the tasks taking part (those named in `tasks` that have at least one labelled sample)"
         ids = list(range(dl.labelled.shape[0])) if self.tasks is None else [_task_idx(dl, t) for t in L(self.tasks)]
         res = [i for i in ids if dl.labelled[i].any()]
@@ -75,12 +76,12 @@ class TaskBatchSampler(Sampler):
     def per_task(self, dl) -> int:
         "Batches per task in an epoch"
         if isinstance(self.epoch, int): return self.epoch
-        sizes = [max(1, _n_full(int(dl.labelled[i].sum()), dl.bs, dl.drop_last)) for i in self._active(dl)]
+        sizes = [max(1, _n_full(int(dl.labelled[i].sum()), dl.bs, dl.drop_last)) for i in self.active_tasks(dl)]
         return max(sizes) if self.epoch == 'max' else min(sizes)
 
-    def n_batches(self, dl): return self.per_task(dl) * len(self._active(dl))
+    def n_batches(self, dl): return self.per_task(dl) * len(self.active_tasks(dl))
     def get_idxs(self, dl):
-        act = self._active(dl)
+        act = self.active_tasks(dl)
         pools = _pools(dl.labelled)
         streams = {i: PoolStream(pools[i], dl.rng) for i in act}
         idxs, self.batch_tasks = [], []
@@ -102,12 +103,13 @@ def _task_idx(dl, t) -> int:
 # %% ../nbs/07_loader.ipynb #90474ff1
 class TaskEpochSampler(Sampler):
     "Each epoch draws only the samples carrying one task's target (`task`, or the next task in turn)"
+    _repr_args = ('tasks', 'task')
     def __init__(self, tasks=None, task=None): store_attr(); self.n_drawn = 0
-    def _active(self, dl): return TaskBatchSampler(self.tasks)._active(dl)
+    def active_tasks(self, dl): return TaskBatchSampler(self.tasks).active_tasks(dl)
     def current(self, dl) -> int:
         "Index of the task the coming epoch draws from"
         if self.task is not None: return _task_idx(dl, self.task)
-        act = self._active(dl)
+        act = self.active_tasks(dl)
         return act[self.n_drawn % len(act)]
     def n_batches(self, dl): return max(1, _n_full(int(dl.labelled[self.current(dl)].sum()), dl.bs, dl.drop_last))
     def get_idxs(self, dl):
@@ -121,6 +123,7 @@ class TaskEpochSampler(Sampler):
 # %% ../nbs/07_loader.ipynb #f9d279cc
 class BalancedSampler(Sampler):
     "Mixed batches with at least `min_share` of samples carrying each task's target"
+    _repr_args = ('min_share',)
     def __init__(self, min_share:float|dict=0.25): store_attr()
     def quotas(self, dl) -> list:
         "Minimum number of samples per batch carrying each task's target"

@@ -11,6 +11,7 @@ from fastai.vision.all import *
 from fastai.vision.learner import _default_meta, _update_first_layer
 from .core import *
 from .layers import *
+from .layers import _in_channels
 
 # %% auto #0
 __all__ = ['MultiTaskHead', 'PretrainedWeightsError', 'read_state_dict', 'load_weights', 'arch_meta', 'create_mtl_body',
@@ -157,7 +158,7 @@ def create_mtl_body(arch, n_in:int=3, pretrained:bool=True, cut=None, weights=No
         raise
     in_model = sd is not None and _best_renaming(sd, model)[1] > 0  # weights of the whole model (else: of the body)
     if in_model: load_weights(model, sd)
-    if in_channels(model)!=n_in: _update_first_layer(model, n_in, pretrained or in_model or weights is not None)
+    if _in_channels(model)!=n_in: _update_first_layer(model, n_in, pretrained or in_model or weights is not None)
     cut = ifnone(cut, arch_meta(arch)['cut'])
     if isinstance(arch, str): body = TimmBody(model) if cut is None else cut_model(model, cut)
     elif cut is None and not has_pool_type(model): body = model

@@ -37,6 +37,12 @@ class _ColTask(Task):
         raise MTLDataError(f'{self!r}: {len(rows)} row(s) {what}: {lst}{" ..." if len(rows) > 5 else ""}')
 
 # %% ../nbs/08_tasks.ipynb #1c8a7f4b
+def _one_hot_logits(labels:Tensor, n:int, scale:float=10.) -> Tensor:
+    "Logits `(n,)` picking the most frequent of `labels` (uniform when there is none)"
+    res = torch.zeros(n)
+    if len(labels): res[torch.bincount(labels.flatten().long().cpu(), minlength=n).argmax()] = scale
+    return res
+
 class SegmentationTask(_ColTask):
     "A mask per image (column `col`: path relative to the images' `path`), with class `codes`"
     kind, sentinel = 'seg', IGNORE_INDEX
@@ -69,6 +75,9 @@ class SegmentationTask(_ColTask):
         return UnetDecoder(features, self.n_out, light=ifnone(light, self.light), **kw)
     def metrics(self, i):
         return [TaskMeanIoU(i, self.n_out, task=self.name), TaskDice(i, self.n_out, task=self.name)]
+    def constant_pred(self, targ):
+        "Logits `(n_codes, 1, 1)` for the most frequent labelled code, on every pixel"
+        return _one_hot_logits(targ[targ != IGNORE_INDEX], self.n_out)[:, None, None]
     def activation(self, pred): return F.softmax(pred, dim=1)
     def decodes(self, pred): return TensorMTLMask(pred.argmax(dim=1))
     def to_source(self, act, frame:SourceFrame):
@@ -126,6 +135,9 @@ class ClassificationTask(_ColTask):
         "fastai's `create_head` (pooling, batchnorm, dropout, linear); segmentation options are ignored"
         return ClassificationHead(nf, self.n_out, **{**self.head_kwargs, **kwargs})
     def metrics(self, i): return [TaskAccuracy(i, task=self.name)]
+    def constant_pred(self, targ):
+        "Logits `(n_classes,)` for the most frequent labelled class"
+        return _one_hot_logits(targ[targ != MISSING_LABEL], self.n_out)
     def activation(self, pred): return F.softmax(pred, dim=-1)
     def decodes(self, pred): return TensorCategory(pred.argmax(dim=-1))
     def to_source(self, act, frame=None):
@@ -167,6 +179,10 @@ class BoxTask(_ColTask):
         "A `BoxHead` regressing one box from the pooled features; segmentation options are ignored"
         return BoxHead(nf, **{**self.head_kwargs, **kwargs})
     def metrics(self, i): return [TaskBoxIoU(i, task=self.name)]
+    def constant_pred(self, targ):
+        "The mean labelled box `(4,)` (scaled coordinates; the whole image when no box is labelled)"
+        b = targ.view(-1, 4)[has_box(targ).view(-1)].float()
+        return b.mean(0) if len(b) else tensor([-1., -1., 1., 1.])
     def decodes(self, pred): return TensorBBox(pred.view(-1, 1, 4))
     def to_source(self, act, frame:SourceFrame):
         "The box `(x1, y1, x2, y2)` in the source image's pixel coordinates"

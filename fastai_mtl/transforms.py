@@ -54,38 +54,40 @@ class MaskReader(DisplayedTransform):
     "Open a mask file as an `MTLMask`, remapping raw values with `code_map`; `None` gives a missing mask"
     def __init__(self, codes=None, code_map:dict=None, task=None):
         store_attr()
-        lut = np.arange(256, dtype=np.uint8)
-        for k,v in (code_map or {}).items(): lut[int(k)] = v
+        lut = list(range(256))
+        for k,v in (code_map or {}).items(): lut[int(k)] = int(v)
         self.lut = lut
 
     def encodes(self, o:str|Path|None|Image.Image|np.ndarray):
         if o is None: return MTLMask.create(np.full((1,1), IGNORE_INDEX, dtype=np.uint8))
-        arr = self._read(o)
-        if self.code_map: arr = self.lut[arr]
+        im = self._read(o)
+        if self.code_map: im = im.point(self.lut)
         if self.codes is not None:
-            vals = np.unique(arr)
-            bad = vals[(vals >= len(self.codes)) & (vals != IGNORE_INDEX)]
-            if len(bad): raise MTLDataError(
-                f"mask {self._desc(o)} has values {bad.tolist()} outside the {len(self.codes)} codes {list(self.codes)} "
+            hist = im.histogram()  # fast (C) count of each value, cheaper than decoding the image
+            bad = [v for v in range(len(self.codes), 256) if hist[v] and v != IGNORE_INDEX]
+            if bad: raise MTLDataError(
+                f"mask {self._desc(o)} has values {bad} outside the {len(self.codes)} codes {list(self.codes)} "
                 f"(valid: 0..{len(self.codes)-1} and IGNORE_INDEX={IGNORE_INDEX}); pass `code_map` to remap raw values")
-        return MTLMask.create(arr)
+        return MTLMask.create(im)
 
     def _desc(self, o): return f"'{o}'" if isinstance(o, (str, Path)) else f'of shape {np.shape(o)}'
 
-    def _read(self, o) -> np.ndarray:
-        if isinstance(o, np.ndarray): arr = o
-        else:
-            im = o if isinstance(o, Image.Image) else Image.open(o)
-            if im.mode not in ('L', 'P', '1', 'I', 'I;16'):
-                raise MTLDataError(f"mask {self._desc(o)} has mode {im.mode!r}: a mask must hold one class index per "
-                                   "pixel (mode 'L' or 'P'), not colours")
-            arr = np.asarray(im)
+    def _read(self, o) -> Image.Image:
+        "A mode 'L' image of the class index of each pixel (palette images keep their indices)"
+        if isinstance(o, np.ndarray): return self._from_array(o, o)
+        im = o if isinstance(o, Image.Image) else Image.open(o)
+        if im.mode == 'L': return im
+        if im.mode in ('P', '1', 'I', 'I;16'): return self._from_array(np.asarray(im), o)
+        raise MTLDataError(f"mask {self._desc(o)} has mode {im.mode!r}: a mask must hold one class index per "
+                           "pixel (mode 'L' or 'P'), not colours")
+
+    def _from_array(self, arr, o) -> Image.Image:
         if arr.ndim != 2: raise MTLDataError(f'mask {self._desc(o)} must be 2-d, got shape {arr.shape}')
         if arr.dtype != np.uint8:
-            if arr.min() < 0 or arr.max() > 255:
+            if arr.size and (arr.min() < 0 or arr.max() > 255):
                 raise MTLDataError(f'mask {self._desc(o)} has values outside 0..255 ({arr.min()}..{arr.max()})')
             arr = arr.astype(np.uint8)
-        return arr
+        return Image.fromarray(arr, mode='L')
 
 # %% ../nbs/03_transforms.ipynb #2b6661da
 def _as_label(v):
