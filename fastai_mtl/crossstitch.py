@@ -12,7 +12,7 @@ from fastai.vision.all import *
 from fastai.vision.learner import _default_meta
 from .core import *
 from .layers import *
-from .layers import _size
+from .layers import _size, _in_channels
 from .model import *
 from .model import _DECODERS
 from .learner import *
@@ -75,7 +75,7 @@ def _timm_sequential(model:nn.Module) -> nn.Sequential:
 def _check_timm_sequential(seq, model, img_size=(64,64)):
     "Raise if `seq` does not compute `model`'s last intermediate feature map"
     if not hasattr(model, 'forward_intermediates'): return
-    x = one_param(model).new_zeros(1, in_channels(seq), *img_size).uniform_(-1, 1)
+    x = one_param(model).new_zeros(1, _in_channels(seq), *img_size).uniform_(-1, 1)
     training = model.training
     try:
         with torch.no_grad(): ok = torch.allclose(seq.eval()(x), model.eval().forward_intermediates(x, intermediates_only=True)[-1], atol=1e-4)
@@ -97,7 +97,7 @@ def sequential_body(body:nn.Module, img_size=(64,64)) -> nn.Sequential:
 # %% ../nbs/14_crossstitch.ipynb #a50b0b0e
 def _child_shapes(body:nn.Sequential, img_size) -> list:
     "Output shape of each child of `body` for a dummy batch of `img_size`"
-    x = one_param(body).new_zeros(1, in_channels(body), *img_size).uniform_(-1, 1)
+    x = one_param(body).new_zeros(1, _in_channels(body), *img_size).uniform_(-1, 1)
     shapes, training = [], body.training
     try:
         body.eval()
@@ -190,7 +190,7 @@ class CrossStitchModel(Module):
         self.aux_names = list(ifnone(aux_names, [f'aux{i}' for i in range(n_aux)]))
         if len(self.aux_names) != n_aux: raise ValueError(f'{len(self.aux_names)} aux_names for {n_aux} aux encoders')
         self.stage_shapes, self.img_size = shapes, img_size
-        self.features = [StageFeatures(in_channels(branches[0]), img_size, shapes) for _ in tasks]
+        self.features = [StageFeatures(_in_channels(branches[0]), img_size, shapes) for _ in tasks]
         self.heads = BranchHeads(tasks, shapes[-1][0], self.features, **kwargs)
 
     @property

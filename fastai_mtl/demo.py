@@ -18,7 +18,7 @@ from .model import *
 from .learner import *
 
 # %% auto #0
-__all__ = ['DEMO_MISSING', 'demo_body', 'synth_demo', 'pets_demo', 'metrics_table', 'run_demo', 'main']
+__all__ = ['DEMO_MISSING', 'demo_body', 'synth_demo', 'pets_demo', 'metrics_table', 'run_demo']
 
 # %% ../nbs/15_demo.ipynb #5d194f28
 def demo_body(n_in:int=3, widths=(16, 32, 64, 128)) -> nn.Sequential:

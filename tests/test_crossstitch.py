@@ -290,3 +290,13 @@ def test_transfer_warns_on_other_normalisation(synth):
     with pytest.warns(UserWarning, match='normalised'):
         transfer_learner(dls_of(synth, seg), resnet18, aux=[aux], pretrained=False, decoder='light',
                          weights=create_mtl_body(resnet18, pretrained=False).state_dict())
+
+class _PadConv(nn.Conv2d):
+    "A convolution holding its padding as a sub-module (as EfficientNet's 'same' padding does)"
+    def __init__(self, *a, **k): super().__init__(*a, **k); self.pad = nn.ZeroPad2d(1)
+    def forward(self, x): return super().forward(self.pad(x))
+
+def test_body_with_padding_submodules():
+    body = nn.Sequential(_PadConv(3, 8, 3, stride=2), _PadConv(8, 16, 3, stride=2))
+    ranges, shapes = body_stages(body, 32)
+    assert ranges == [(0, 1), (1, 2)] and [tuple(s) for s in shapes] == [(8, 16, 16), (16, 8, 8)]

@@ -1,0 +1,332 @@
+#!/usr/bin/env python
+"""Which training strategy, with masks for only ~15% of the images? Task alternation x loss weighting, against
+single-task baselines, on the Oxford-IIIT Pet subset.
+
+Every training image keeps its breed, but only a seeded `--mask-pct` share of them keeps its trimap (mimicking 3,000
+masks against 33,000 labels). Two tasks: `SegmentationTask('trimap')` and `ClassificationTask('breed')`; the test
+mIoU and breed accuracy are measured on the official test split (every image there has both).
+
+Configurations (same body: `backbone()` of bench/common.py, EfficientNet-Lite0 ImageNet weights, light decoder):
+- `<alternation>+<weighting>`: `mtl_learner(alternation=...)` with 'epoch', 'batch', 'sum', 'mixed' and
+  `weighting=` 'equal', 'dwa', 'uncertainty' (12 runs);
+- `seg-only`: `mtl_learner` with the trimap task alone, trained on the images that kept a trimap;
+- `breed-only`: `mtl_learner` with the breed task alone, trained on every training image.
+
+Same budget: every configuration makes the same number of training batches of `--bs` images (forward and backward
+passes), `--epochs` passes over the training images in mixed batches; a mode whose epochs have another length runs
+as many epochs as bring it closest (the table lists the batches each run made). 'sum' steps once per pair of
+batches, so it makes half as many optimiser steps. Training: `fit_one_cycle` on the unfrozen model, body at `--lr`/10,
+heads at `--lr`; no validation during training, one at the end.
+
+Each run is a process of its own (peak RSS, and on CUDA `torch.cuda.max_memory_allocated`), forked from a
+`multiprocessing` fork server that has imported the libraries once; seeds run in turn, the configurations in a rotated
+order per seed. Images are resized once into a temporary cache of lossless PNGs, with the resampling of fastai's
+`Resize` (the runs give the same results as from the originals), so that decoding full-size JPEGs does not dominate
+the time on CPU (`--no-cache` to read the originals in every run).
+
+    python bench/strategies.py [--data PATH] [--size 64] [--bs 16] [--epochs 3] [--seeds 0 1] [--configs ...]
+    python bench/strategies.py --size 48 --epochs 5 --name strategies_48px   # the second setting of the docs page
+    python bench/strategies.py --quick --out /tmp/x     # tiny end-to-end check (32 px, few images, 1 epoch)
+"""
+import argparse, json, os, statistics, sys, tempfile, time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import *  # noqa: E402,F401  (DEFAULT_DATA, RESULTS, backbone, check_data, pets_split, set_threads, ...)
+
+ALTERNATIONS = ('epoch', 'batch', 'sum', 'mixed')
+WEIGHTINGS = ('equal', 'dwa', 'uncertainty')
+BASELINES = ('seg-only', 'breed-only')
+CONFIGS = [f'{m}+{w}' for m in ALTERNATIONS for w in WEIGHTINGS] + list(BASELINES)
+REFERENCE = 'mixed+equal'
+QUICK_CONFIGS = ['mixed+equal', 'sum+dwa', 'seg-only']
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--data', type=Path, default=DEFAULT_DATA, help='Oxford-IIIT Pet layout (images/, annotations/)')
+    p.add_argument('--size', type=int, default=64, help='image size (px); a GPU run would use 128-224')
+    p.add_argument('--bs', type=int, default=16)
+    p.add_argument('--epochs', type=int, default=3, help='budget: passes over the training images in mixed batches')
+    p.add_argument('--lr', type=float, default=2e-3, help='one-cycle peak lr of the heads (body: lr/10)')
+    p.add_argument('--mask-pct', type=float, default=0.15, help='share of training images keeping their trimap')
+    p.add_argument('--mask-seed', type=int, default=0, help='seed of the choice of those images (same for every run)')
+    p.add_argument('--seeds', type=int, nargs='+', default=[0, 1], help='training seeds (one full set of runs each)')
+    p.add_argument('--configs', nargs='+', default=None, metavar='CONFIG', help=f'subset of {CONFIGS}')
+    p.add_argument('--threads', type=int, default=1, help='torch CPU threads per run')
+    p.add_argument('--n-train', type=int, default=None, help='use only this many training images (seeded)')
+    p.add_argument('--n-test', type=int, default=None, help='use only this many test images (seeded)')
+    p.add_argument('--no-cache', action='store_true', help='read the full-size originals in every run')
+    p.add_argument('--quick', action='store_true',
+                   help=f'tiny end-to-end check: 32 px, 48 training / 24 test images, bs 4, 1 epoch, one seed, {QUICK_CONFIGS}')
+    p.add_argument('--out', type=Path, default=RESULTS, help='folder for the results')
+    p.add_argument('--name', default='strategies', help='results file names: NAME.json and NAME.md')
+    a = p.parse_args(argv)
+    if a.quick:
+        a.size, a.bs, a.epochs, a.seeds, a.n_train, a.n_test = 32, 4, 1, a.seeds[:1], 48, 24
+        a.configs = a.configs or QUICK_CONFIGS
+    a.configs = a.configs or CONFIGS
+    bad = [c for c in a.configs if c not in CONFIGS]
+    if bad: p.error(f'unknown configuration(s) {bad}; choose from {CONFIGS}')
+    return a
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data: the split, the masks kept, the cache of resized images
+def experiment_df(a):
+    "`pets_split` rows used here: `is_valid` = the official test split; trimaps kept for a seeded `mask_pct` of training rows"
+    import numpy as np
+    df = pets_split(a.data)
+    df['is_valid'] = df.is_test  # the 50 held-out trainval images (kept for the head box elsewhere) train here
+    rng = np.random.default_rng(a.mask_seed)
+    train, test = df.index[~df.is_valid], df.index[df.is_valid]
+    if a.n_train: train = np.sort(rng.choice(train, min(a.n_train, len(train)), replace=False))
+    if a.n_test: test = np.sort(rng.choice(test, min(a.n_test, len(test)), replace=False))
+    df = df.loc[np.concatenate([train, test])].copy()
+    keep = rng.choice(train, max(1, round(a.mask_pct*len(train))), replace=False)
+    df['has_mask'] = df.is_valid | df.index.isin(keep)
+    df.loc[~df.has_mask, 'trimap'] = None
+    return df
+
+def build_cache(a, df, dest:Path):
+    "Images and trimaps of `df`, squished to `size` once, as fastai's `Resize(size, method='squish')` would (bilinear / nearest)"
+    from PIL import Image
+    for col, resample in (('fn', Image.BILINEAR), ('trimap', Image.NEAREST)):
+        for f in df[col].dropna():
+            o = dest/f
+            o.parent.mkdir(parents=True, exist_ok=True)
+            with Image.open(a.data/f) as im:
+                im = im.convert('RGB') if col == 'fn' else im
+                im.resize((a.size, a.size), resample).save(o.with_suffix('.png') if col == 'fn' else o)
+    df['fn'] = df.fn.map(lambda f: str(Path(f).with_suffix('.png')))
+    return df
+
+def config_tasks(cfg):
+    from fastai_mtl.all import SegmentationTask, ClassificationTask, TRIMAP_CODES, TRIMAP_CODE_MAP
+    seg, breed = SegmentationTask('trimap', TRIMAP_CODES, code_map=TRIMAP_CODE_MAP), ClassificationTask('breed')
+    return {'seg-only': [seg], 'breed-only': [breed]}.get(cfg, [seg, breed])
+
+def make_dls(a, df, cfg, path, stats):
+    from fastai.vision.all import aug_transforms, Normalize
+    from fastai_mtl.all import MTLDataLoaders
+    if cfg == 'seg-only': df = df[df.has_mask]
+    n_lab = int((~df.is_valid & df.has_mask).sum()) if cfg != 'breed-only' else int((~df.is_valid).sum())
+    if n_lab < a.bs: sys.exit(f'{cfg}: {n_lab} labelled training images, fewer than a batch of {a.bs}: lower --bs')
+    return MTLDataLoaders.from_df(df, path, 'fn', config_tasks(cfg), valid_col='is_valid', size=a.size, bs=a.bs,
+                                  num_workers=0, batch_tfms=[*aug_transforms(), Normalize.from_stats(*stats)])
+
+# ---------------------------------------------------------------------------------------------------------------
+# Budget: batches per epoch of each configuration, epochs giving the budget
+def epoch_lengths(cfg, dls, n:int) -> list:
+    "Training batches in each of the first `n` epochs of `cfg`"
+    if cfg in BASELINES: return [len(dls.train)]*n
+    mode = cfg.split('+')[0]
+    alt = alternation(cfg, dls)
+    s, dl = alt.mode.sampler(), dls.train
+    if mode != 'epoch': return [s.n_batches(dl)]*n
+    res = []
+    for e in range(n):
+        s.task = alt.mode.task_of(e, dl)
+        res.append(s.n_batches(dl))
+    return res
+
+def epochs_for(cfg, dls, budget:int) -> int:
+    "Number of epochs whose batches come closest to `budget` (ties: fewer)"
+    lens = epoch_lengths(cfg, dls, 4*budget + 4)
+    tot, best = 0, (budget, 0)
+    for n, l in enumerate(lens, 1):
+        tot += l
+        if abs(tot - budget) < best[0]: best = (abs(tot - budget), n)
+        if tot >= budget: break
+    return max(best[1], 1)
+
+def alternation(cfg, dls):
+    "The `TaskAlternation` of `cfg`: 'batch' and 'sum' with rounds making an epoch as long as a mixed one"
+    from fastai_mtl.alternation import TaskAlternation
+    from fastai_mtl.loader import MixedSampler
+    mode = cfg.split('+')[0]
+    if mode in ('batch', 'sum'):
+        per_task = max(1, round(MixedSampler().n_batches(dls.train) / len(dls.tasks)))
+        return TaskAlternation(mode, epoch=per_task)
+    return TaskAlternation(mode)
+
+# ---------------------------------------------------------------------------------------------------------------
+# Worker: one configuration, one seed, in a process of its own
+def run_config(a, cfg:str, seed:int, budget:int, cache:Path=None) -> dict:
+    "Train `cfg` with `seed` for `budget` batches; its test metrics, costs and per-task loss records"
+    set_threads(a.threads)
+    import torch
+    from fastai.vision.all import set_seed, Callback, CancelValidException
+    from fastai_mtl.all import mtl_learner
+    from fastai_mtl.weighting import TaskLossRecorder, DWA, task_weights
+    from fastai_mtl.alternation import EpochAlternation
+    path, df = a.data, experiment_df(a)
+    if cache is not None: df['fn'], path = df.fn.map(lambda f: str(Path(f).with_suffix('.png'))), cache
+    if torch.cuda.is_available(): torch.cuda.reset_peak_memory_stats()
+    arch, pretrained, stats, arch_name = backbone()
+    set_seed(seed)
+    dls = make_dls(a, df, cfg, path, stats)
+    kw = {} if cfg in BASELINES else dict(alternation=alternation(cfg, dls), weighting=cfg.split('+')[1])
+
+    class Measure(Callback):
+        "No validation during `fit`; count training batches and optimiser steps; each batch's per-task losses"
+        order = -50
+        def __init__(self): self.batches, self.steps, self.losses, self.counts, self.active = 0, 0, [], [], True
+        def before_validate(self):
+            if self.active: raise CancelValidException()
+        def after_loss(self):
+            if not self.training: return
+            self.batches += 1
+            self.losses.append([round(float(v), 5) for v in self.loss_func.last_losses])
+            self.counts.append([int(v) for v in self.loss_func.last_counts])
+        def after_step(self): self.steps += 1
+
+    m = Measure()
+    learn = mtl_learner(dls, arch, pretrained=pretrained, decoder='light', cbs=m, **kw)
+    learn.unfreeze()
+    n_epochs = epochs_for(cfg, dls, budget)
+    rss0 = rss_mb()
+    with learn.no_bar(), learn.no_logging(), Timer() as t:
+        learn.fit_one_cycle(n_epochs, slice(a.lr/10, a.lr))
+        if torch.cuda.is_available(): torch.cuda.synchronize()
+    peak = peak_rss_mb()
+    m.active = False
+    with learn.no_bar(), learn.no_logging(): vals = learn.validate()
+    mets = dict(zip(['valid_loss'] + [mt.name for mt in learn.metrics], [None if v is None else float(v) for v in vals]))
+    rec = next(c for c in learn.cbs if isinstance(c, TaskLossRecorder))
+    dwa = next((c for c in learn.cbs if isinstance(c, DWA)), None)
+    alt = getattr(learn, 'task_alternation', None)
+    by_epoch = alt is not None and isinstance(alt.mode, EpochAlternation)
+    res = dict(config=cfg, seed=seed, tasks=[t.name for t in dls.tasks],
+               alternation=cfg.split('+')[0] if '+' in cfg else None, weighting=cfg.split('+')[1] if '+' in cfg else None,
+               trimap_miou=mets.get('trimap_miou'), breed_acc=mets.get('breed_acc'), metrics=mets,
+               wall_s=t.wall, cpu_s=t.cpu, rss0_mb=rss0, peak_rss_mb=peak, train_mem_mb=peak - rss0,
+               epochs=n_epochs, batches=m.batches, steps=m.steps, n_train=len(dls.train_ds), n_test=len(dls.valid_ds),
+               epoch_tasks=alt.history().groupby('epoch').task.first().tolist() if by_epoch else None,
+               epoch_rows=rec.df.to_dict('records'), batch_losses=m.losses, batch_counts=m.counts,
+               dwa_history=None if dwa is None else dwa.history.reset_index().to_dict('records'),
+               final_weights=task_weights(learn).tolist(), arch=arch_name)
+    if torch.cuda.is_available(): res['cuda_peak_mb'] = torch.cuda.max_memory_allocated()/2**20
+    return res
+
+def rss_mb() -> float:
+    "Current resident set size (MB)"
+    with open('/proc/self/statm') as f: return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
+
+# ---------------------------------------------------------------------------------------------------------------
+# Parent: cache, runs, table
+def _child(conn, a, cfg, seed, budget, cache):
+    "Body of a run's process: `run_config`, its result (or traceback) sent back through `conn`, its prints kept"
+    import contextlib, io, traceback
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out): conn.send(('ok', run_config(a, cfg, seed, budget, cache)))
+    except BaseException: conn.send(('error', out.getvalue()[-3000:] + traceback.format_exc()))
+    finally: conn.close()
+
+def run_in_process(ctx, a, cfg, seed, budget, cache) -> dict:
+    "Run `cfg` in a fresh process forked from the fork server (libraries imported once, nothing trained there)"
+    recv, send = ctx.Pipe(duplex=False)
+    p = ctx.Process(target=_child, args=(send, a, cfg, seed, budget, cache))
+    p.start(); send.close()
+    try: status, res = recv.recv()
+    except EOFError: status, res = 'error', f'the process died (exit code {p.join() or p.exitcode})'
+    p.join()
+    if status != 'ok': raise RuntimeError(f'{cfg} (seed {seed}) failed:\n{res}')
+    return res
+
+def stats_of(xs):
+    xs = [x for x in xs if x is not None]
+    if not xs: return dict(mean=None, min=None, max=None, sd=None)
+    return dict(mean=statistics.fmean(xs), min=min(xs), max=max(xs), sd=statistics.stdev(xs) if len(xs) > 1 else None)
+
+KEYS = ('trimap_miou', 'breed_acc', 'wall_s', 'cpu_s', 'peak_rss_mb', 'train_mem_mb', 'batches', 'steps', 'epochs')
+
+def aggregate(runs:list, configs:list, reference:str=REFERENCE) -> list:
+    "One row per configuration: mean/min/max/sd over seeds of each key, and ratios of the means to the reference's"
+    rows = []
+    for c in configs:
+        rs = [r for r in runs if r['config'] == c]
+        if not rs: continue
+        row = dict(config=c, alternation=rs[0]['alternation'], weighting=rs[0]['weighting'], seeds=[r['seed'] for r in rs])
+        for k in KEYS + (('cuda_peak_mb',) if 'cuda_peak_mb' in rs[0] else ()): row[k] = stats_of([r.get(k) for r in rs])
+        rows.append(row)
+    ref = next((r for r in rows if r['config'] == reference), None)
+    for r in rows:
+        for k in ('wall_s', 'cpu_s', 'peak_rss_mb', 'train_mem_mb') + (('cuda_peak_mb',) if 'cuda_peak_mb' in r else ()):
+            r[f'{k}_ratio'] = r[k]['mean']/ref[k]['mean'] if ref and ref[k]['mean'] else None
+    return rows
+
+def fmt(s, d=3, spread=True):
+    "`mean ± half-range` (over seeds) of a `stats_of` dict"
+    if s['mean'] is None: return '—'
+    if spread and s['max'] is not None and s['max'] != s['min']: return f"{s['mean']:.{d}f} ± {(s['max']-s['min'])/2:.{d}f}"
+    return f"{s['mean']:.{d}f}"
+
+def table(rows:list, meta:dict) -> str:
+    ref = meta['reference']
+    mem = 'cuda_peak_mb' if meta['device'].startswith('cuda') else 'peak_rss_mb'
+    l = [f"Strategies, {meta['arch']}, {meta['size']} px, bs {meta['bs']}, {meta['n_train']} training images of which "
+         f"{meta['n_masks']} keep a trimap, {meta['n_test']} test images, budget {meta['budget_batches']} batches, "
+         f"seeds {meta['seeds']}, {meta['device']} ({meta['threads']} thread(s)). Mean ± half the range over seeds.", '',
+         '| configuration | test mIoU | breed accuracy | wall (s) | CPU (s) | peak memory (MB) | training memory (MB) | '
+         'epochs | batches | steps | wall / ref | CPU / ref | peak memory / ref | training memory / ref |',
+         '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
+    r2 = lambda v: '—' if v is None else f'{v:.2f}'
+    for r in rows:
+        name = r['config'] + (' (ref)' if r['config'] == ref else '')
+        l.append(f"| {name} | {fmt(r['trimap_miou'])} | {fmt(r['breed_acc'])} | {fmt(r['wall_s'], 0, False)} | "
+                 f"{fmt(r['cpu_s'], 0, False)} | {fmt(r[mem], 0, False)} | {fmt(r['train_mem_mb'], 0, False)} | "
+                 f"{fmt(r['epochs'], 0, False)} | {fmt(r['batches'], 0, False)} | {fmt(r['steps'], 0, False)} | "
+                 f"{r2(r['wall_s_ratio'])} | {r2(r['cpu_s_ratio'])} | {r2(r[mem + '_ratio'])} | {r2(r['train_mem_mb_ratio'])} |")
+    l += ['', '"peak memory": the run\'s peak RSS' + (' (CUDA: max allocated)' if mem == 'cuda_peak_mb' else '') +
+          '; "training memory": peak RSS minus RSS just before `fit`; "ref": ' + ref + '.',
+          f"Load average at the end: {meta['load_avg_1min_at_end']:.1f} on {meta['cpus']} CPUs; total {meta['total_s']} s."]
+    return '\n'.join(l)
+
+def main(argv=None):
+    a = parse(argv)
+    check_data(a.data)
+    import multiprocessing as mp
+    ctx = mp.get_context('forkserver')  # each run in a fresh process (its own peak memory), without re-importing torch
+    ctx.set_forkserver_preload(['fastai.vision.all', 'fastai_mtl.all', 'fastai_mtl.alternation', 'fastai_mtl.weighting'])
+    t0 = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        df = experiment_df(a)
+        cache = None
+        if not a.no_cache:
+            cache = Path(tmp)/'data'
+            build_cache(a, df.copy(), cache)
+        # the budget, from the training set as the mixed sampler sees it
+        n_train, n_masks = int((~df.is_valid).sum()), int((~df.is_valid & df.has_mask).sum())
+        budget = a.epochs * (n_train // a.bs)
+        print(f'{n_train} training images ({n_masks} with a trimap), {int(df.is_valid.sum())} test images, '
+              f'{a.size} px, budget {budget} batches of {a.bs}; {len(a.configs)} configurations x {len(a.seeds)} seed(s)', flush=True)
+        runs = []
+        for i, seed in enumerate(a.seeds):
+            k = (i * len(a.configs)) // max(len(a.seeds), 1)
+            order = a.configs[k:] + a.configs[:k]  # rotate, so no configuration always runs first or last
+            for c in order:
+                r = run_in_process(ctx, a, c, seed, budget, cache)
+                runs.append(r)
+                fm = lambda v: '  —  ' if v is None else f'{v:.3f}'
+                print(f"seed {seed} {c:<18} mIoU {fm(r['trimap_miou'])} acc {fm(r['breed_acc'])} {r['wall_s']:6.1f} s "
+                      f"{r['batches']:4d} batches {r['steps']:4d} steps, peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+    import torch, platform
+    rows = aggregate(runs, a.configs)
+    arch = runs[0]['arch']
+    meta = dict(data=a.data.name, arch=arch, size=a.size, bs=a.bs, epochs=a.epochs, lr=a.lr, mask_pct=a.mask_pct,
+                mask_seed=a.mask_seed, seeds=a.seeds, n_train=n_train, n_masks=n_masks, n_test=runs[0]['n_test'],
+                budget_batches=budget, reference=REFERENCE if REFERENCE in a.configs else None, quick=a.quick,
+                cache=not a.no_cache, threads=a.threads, cpus=os.cpu_count(),
+                device=('cuda: ' + torch.cuda.get_device_name()) if torch.cuda.is_available() else 'cpu',
+                python=platform.python_version(), torch=torch.__version__, load_avg_1min_at_end=os.getloadavg()[0],
+                total_s=round(time.time() - t0),
+                training='fit_one_cycle on the unfrozen model, body lr/10 (slice(lr/10, lr)), no validation until the end',
+                budget_rule='same number of training batches of bs images for every configuration (nearest whole epoch)')
+    md = table(rows, {**meta, 'reference': meta['reference'] or '(none)'})
+    print('\n' + md)
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out/f'{a.name}.json').write_text(json.dumps(dict(meta=meta, rows=rows, runs=runs), indent=1))
+    (a.out/f'{a.name}.md').write_text(md + '\n')
+    print(f"written to {a.out/a.name}.json and .md")
+
+if __name__ == '__main__': main()
