@@ -87,7 +87,7 @@ def run_demo(data=None, # an Oxford-IIIT Pet layout folder; default: the synthet
     else: learn.fit_one_cycle(epochs, ifnone(lr, 3e-3))
     secs = time.time() - start
     tab = metrics_table(learn)
-    learn.show_results(max_n=8, figsize=(12, 7.5))
+    learn.show_results(max_n=6)
     out = Path(out); out.parent.mkdir(parents=True, exist_ok=True)
     plt.gcf().savefig(out, dpi=90, bbox_inches='tight'); plt.close('all')
     if show:

@@ -312,6 +312,8 @@ def test_resume_gives_the_same_run(dls, tmp_path, weighting):
 # --- plot -----------------------------------------------------------------------------------------------------
 def test_plot_task_losses(dls):
     learn = learner(dls, weighting='dwa')
+    assert isinstance(learn.task_loss_recorder, TaskLossRecorder)          # mtl_learner adds one by default
+    learn.remove_cb(learn.task_loss_recorder)
     learn.fit(1, 1e-3)
     with pytest.raises(ValueError, match='TaskLossRecorder'): learn.plot_task_losses()
     learn = learner(dls, weighting='dwa', cbs=TaskLossRecorder(show=True))
