@@ -58,6 +58,10 @@ def set_threads(n:int=None):
     torch.set_num_threads(n)
     return n
 
+def rss_mb() -> float:
+    "This process's current resident memory (MB; Linux)"
+    with open('/proc/self/statm') as f: return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
+
 def peak_rss_mb() -> float:
     "This process's peak resident memory so far (MB)"
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

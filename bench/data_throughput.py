@@ -10,8 +10,8 @@ ratios to fastai's single-task segmentation DataBlock on the same files and tran
 import argparse, json, os, platform, statistics, sys, time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = Path(os.environ.get('FASTAI_MTL_PETS', ROOT.parent/'shared'/'data'/'oxford-iiit-pet-3breeds'))
+sys.path.insert(0, str(Path(__file__).parent))
+from common import ROOT, DEFAULT_DATA  # noqa: E402
 
 def parse():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

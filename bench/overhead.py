@@ -26,12 +26,12 @@ of the per-step wall time and per-step CPU time (all threads; less sensitive to 
     python bench/overhead.py [--arch resnet18] [--size 128] [--bs 16] [--steps 12] [--warmup 3] [--repeats 3]
                              [--threads N] [--synth] [--no-loading] [--profile]
 """
-import argparse, json, os, platform, resource, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, platform, statistics, subprocess, sys, tempfile, time
 from functools import partial
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = Path(os.environ.get('FASTAI_MTL_PETS', ROOT.parent/'shared'/'data'/'oxford-iiit-pet-3breeds'))
+sys.path.insert(0, str(Path(__file__).parent))
+from common import ROOT, DEFAULT_DATA, rss_mb, peak_rss_mb  # noqa: E402
 
 CONFIGS = {  # key: (label, group)
     'mtl': ('mtl_learner (fastai Adam)', 'mtl'),
@@ -96,10 +96,6 @@ def preload(a, fn):
 
 # ---------------------------------------------------------------------------------------------------------------
 # Worker: one configuration, timed
-def rss_mb():
-    "Current resident set size (MB)"
-    with open('/proc/self/statm') as f: return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
-
 class Cycle:
     "A DataLoader stand-in replaying `batches` for `n` steps"
     def __init__(self, batches, n): self.batches, self.n = batches, n
@@ -203,7 +199,7 @@ def worker(a):
         with learn.no_bar(), learn.no_logging(): fit(learn, [Replay(lambda b: (b[0], b[3].view(-1, 4)))])
     else: raise ValueError(cfg)
     wall, cpu = timer.per_step(a.warmup)
-    res = dict(config=cfg, wall=wall, cpu=cpu, rss0_mb=rss0, peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024,
+    res = dict(config=cfg, wall=wall, cpu=cpu, rss0_mb=rss0, peak_rss_mb=peak_rss_mb(),
                n_params=sum(p.numel() for p in learn.model.parameters()))
     if torch.cuda.is_available(): res['cuda_peak_mb'] = torch.cuda.max_memory_allocated()/2**20
     print('RESULT ' + json.dumps(res), flush=True)

@@ -224,10 +224,6 @@ def train_one(a, df, names, make_learner=None, **kw):
     n_trained = sum(p.numel() for p in learn.model.parameters() if p.requires_grad)  # after the last (unfrozen) epochs
     return learn, dict(n_params=n_params, n_trained=n_trained, train_wall_s=t.wall, train_cpu_s=t.cpu, history=hist)
 
-def rss_mb():
-    "Current resident set size (MB)"
-    with open('/proc/self/statm') as f: return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
-
 def alphas_of(model):
     "The α of a cross-stitch model, and what `plot_cross_stitch` needs to draw them"
     return dict(alphas={k: v.tolist() for k, v in model.cross_stitch_alphas().items()}, names=list(model.names),

@@ -207,10 +207,6 @@ def run_config(a, cfg:str, seed:int, budget:int, cache:Path=None) -> dict:
     if torch.cuda.is_available(): res['cuda_peak_mb'] = torch.cuda.max_memory_allocated()/2**20
     return res
 
-def rss_mb() -> float:
-    "Current resident set size (MB)"
-    with open('/proc/self/statm') as f: return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
-
 # ---------------------------------------------------------------------------------------------------------------
 # Parent: cache, runs, table
 def _child(conn, a, cfg, seed, budget, cache):

@@ -49,12 +49,7 @@ def pets_demo(path, size:int=128, bs:int=16, seed:int=0, n:int=None):
              ClassificationTask('breed'), BoxTask(PET_BOX_COLS, name='head')]
     dls = MTLDataLoaders.from_df(df, path, 'fn', tasks, valid_col='is_valid', size=size, bs=bs, num_workers=0,
                                  batch_tfms=aug_transforms())
-    try:
-        create_mtl_body(resnet34, pretrained=True)
-        return dls, resnet34, True
-    except PretrainedWeightsError as e:
-        print(f'No ImageNet weights ({str(e).splitlines()[0]}): training a resnet18 from scratch instead', flush=True)
-        return dls, resnet18, False
+    return dls, resnet34, True
 
 # %% ../nbs/15_demo.ipynb #07555e1f
 def metrics_table(learn) -> pd.DataFrame:
@@ -80,7 +75,11 @@ def run_demo(data=None, # an Oxford-IIIT Pet layout folder; default: the synthet
     else:
         size, epochs, bs = (ifnone(v, d) for v,d in zip((size, epochs, bs), (64, 1, 16) if quick else (128, 5, 16)))
         dls, arch, pretrained = pets_demo(data, size, bs, seed, n=ifnone(n, 96 if quick else None))
-    learn = mtl_learner(dls, arch, pretrained=pretrained, decoder='light')
+    try: learn = mtl_learner(dls, arch, pretrained=pretrained, decoder='light')
+    except PretrainedWeightsError as e:  # no download possible: say so, train from scratch
+        print(f'No ImageNet weights ({str(e).splitlines()[0]}): training a resnet18 from scratch instead', flush=True)
+        arch, pretrained = resnet18, False
+        learn = mtl_learner(dls, arch, pretrained=pretrained, decoder='light')
     if not show: learn.remove_cb(ProgressCallback)
     start = time.time()
     if pretrained: learn.fine_tune(epochs, ifnone(lr, 2e-3))

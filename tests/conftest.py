@@ -13,3 +13,29 @@ def have_pets(): return (PETS/'images').is_dir() and (PETS/'annotations').is_dir
 def pets_path():
     if not have_pets(): pytest.skip(f'Oxford-IIIT Pet subset not found at {PETS}')
     return PETS
+
+
+@pytest.fixture(scope='module')
+def one_thread():
+    "One torch thread for a module of tiny models: intra-op threads only add overhead (and contention on a busy machine)"
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+@pytest.fixture
+def no_network(monkeypatch, tmp_path):
+    "Every torchvision and timm download fails, into an empty torch hub cache"
+    import urllib.error, torch
+    def fail(*args, **kwargs): raise urllib.error.URLError('no network (simulated)')
+    monkeypatch.setattr(torch.hub, 'download_url_to_file', fail)
+    hub = torch.hub.get_dir(); torch.hub.set_dir(str(tmp_path/'hub'))
+    try:
+        try: import timm.models._builder as tb
+        except ImportError: tb = None
+        if tb is not None:
+            monkeypatch.setattr(tb, 'load_state_dict_from_hf', lambda *a, **k: (_ for _ in ()).throw(OSError('no network (simulated)')))
+            monkeypatch.setattr(tb, 'download_cached_file', fail)
+        yield
+    finally: torch.hub.set_dir(hub)

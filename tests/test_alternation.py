@@ -14,13 +14,7 @@ from copy import deepcopy
 BS = 8
 MODES = ['epoch', 'batch', 'sum', 'mixed']
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    "These models are tiny: intra-op threads only add overhead (and, on a busy 2-core machine, heavy contention)"
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')   # tests/conftest.py
 
 @pytest.fixture(scope='module')
 def dls():

@@ -1,5 +1,5 @@
 "Issue 4: `mtl_learner` end to end: the masked loss, metrics through `validate`, training, inference in source coordinates, export, mixed precision, backbones, offline weights."
-import math, urllib.error
+import math
 import numpy as np, pandas as pd, pytest, torch
 import torch.nn.functional as F
 import matplotlib
@@ -508,14 +508,7 @@ def test_grayscale_n_in_1(grey):
 
 # ---------------------------------------------------------------------------------------------------------------
 # Pretrained weights without internet
-@pytest.fixture
-def no_network(monkeypatch, tmp_path):
-    "Every torchvision download fails, into an empty torch hub cache"
-    def fail(*args, **kwargs): raise urllib.error.URLError('no network (simulated)')
-    monkeypatch.setattr(torch.hub, 'download_url_to_file', fail)
-    hub = torch.hub.get_dir(); torch.hub.set_dir(str(tmp_path/'hub'))
-    try: yield
-    finally: torch.hub.set_dir(hub)
+# `no_network`: tests/conftest.py
 
 def test_pretrained_without_network(synth, no_network, tmp_path):
     dls = _dls(*synth)

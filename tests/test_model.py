@@ -1,5 +1,5 @@
 "The multi-task model: bodies from every kind of arch, outputs, gradients, copies, splitting, weights, custom_head."
-import copy, io, pickle, urllib.error, warnings
+import copy, io, pickle, warnings
 import pytest, torch
 from torch import nn
 from fastai.vision.all import (resnet18, ConvLayer, TimmBody, total_params, params, imagenet_stats, Learner, TensorImage,
@@ -215,22 +215,11 @@ def test_vision_learner_custom_head():
     assert any(not torch.equal(a, p) for a, p in zip(before, learn.model[1].parameters()))
 
 # --- pretrained weights -------------------------------------------------------------------------------------
-@pytest.fixture
-def no_network(monkeypatch, tmp_path):
-    "Every download fails, into an empty torch hub cache"
-    def fail(*args, **kwargs): raise urllib.error.URLError('no network (simulated)')
-    monkeypatch.setattr(torch.hub, 'download_url_to_file', fail)
-    hub = torch.hub.get_dir(); torch.hub.set_dir(str(tmp_path/'hub'))
-    try:
-        timm = pytest.importorskip('timm')
-        import timm.models._builder as tb
-        monkeypatch.setattr(tb, 'load_state_dict_from_hf', lambda *a, **k: (_ for _ in ()).throw(OSError('no network (simulated)')))
-        monkeypatch.setattr(tb, 'download_cached_file', fail)
-        yield
-    finally: torch.hub.set_dir(hub)
+# `no_network`: tests/conftest.py
 
 @pytest.mark.parametrize('arch', [resnet18, 'resnet18'])
 def test_pretrained_without_network(no_network, arch):
+    if isinstance(arch, str): pytest.importorskip('timm')
     with pytest.raises(PretrainedWeightsError) as e: create_mtl_model(arch, TASKS, pretrained=True)
     msg = str(e.value)
     assert "weights='path/to/weights.pth'" in msg and 'pretrained=False' in msg and 'no network' in msg

@@ -10,12 +10,7 @@ from fastai_mtl.data import MTLDataLoaders
 from fastai_mtl.learner import mtl_learner, MaskedMultiLoss
 from fastai_mtl.weighting import *
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    "These tiny models train several times faster with one thread when the CPU is shared"
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')   # tests/conftest.py
 
 @pytest.fixture(scope='module')
 def dls():
