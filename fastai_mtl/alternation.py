@@ -57,8 +57,8 @@ class SumAlternation(BatchAlternation):
 
 # %% ../nbs/13_alternation.ipynb #d8701751
 class MixedAlternation(Alternation):
-    "Random mixed batches, each sample once per epoch; with `min_share`, at least that share of each task's samples per batch"
-    def __init__(self, min_share:float|dict=None): store_attr()
+    "Mixed batches, each sample once per epoch, with `min_share` of every batch for each rare task (`BalancedSampler`); `min_share=None`: purely random (`MixedSampler`)"
+    def __init__(self, min_share:float|dict=0.25): store_attr()
     def sampler(self): return MixedSampler() if self.min_share is None else BalancedSampler(self.min_share)
 
 # %% ../nbs/13_alternation.ipynb #138c394c

@@ -76,7 +76,7 @@ class MTLDataLoaders(DataLoaders):
                 item_tfms:list=None, # default: `Resize(size, method='squish')` when `size` is given
                 batch_tfms:list=None, bs:int=64,
                 img_cls=PILImage, # the image type: `PILImageBW` for single-channel images (with `n_in=1` in the learner)
-                sampler:Sampler|str=None, # how training batches are drawn: a `Sampler`, or 'mixed', 'task', 'epoch', 'balanced'
+                sampler:Sampler|str='balanced', # how training batches are drawn: a `Sampler`, 'balanced', 'mixed', 'task', 'epoch'; None: fastai's shuffling
                 mask_col:str=None, codes:list=None, label_col:str|list=None, box_cols:list=None, code_map:dict=None, # shortcut for `tasks`
                 **kwargs):
         "Build from `df` (a row per image, paths relative to `path`); empty cells are missing targets"
@@ -95,8 +95,20 @@ class MTLDataLoaders(DataLoaders):
             # fastai loads the first training sample to learn the types: name it
             raise MTLDataError(f'sample 0, {row_desc(df.iloc[splits[0][0]])}: {e}') from e
         res = cls(*dls.loaders, path=path, device=dls.device)
+        res.fn_col = fn_col
         res.setup_tasks()
         return res
+
+    def model_boxes(self, rows:pd.DataFrame, cols:list, max_n:int=2000, seed:int=0) -> Tensor:
+        "Boxes `(n, 4)` of `rows` (pixel coordinates in `cols`) where the validation item transforms put them (clipped; at most `max_n` rows, sampled)"
+        if len(rows) > max_n: rows = rows.sample(max_n, random_state=seed)
+        if not len(rows): return torch.zeros(0, 4)
+        frames, res = {}, []
+        for fn, box in zip(rows[self.fn_col], rows[list(cols)].astype(float).values):
+            with Image.open(Path(self.path)/fn) as im: sz = im.size   # the header only: nothing decoded
+            if sz not in frames: frames[sz] = source_frame(Image.new('L', sz), self.valid.after_item.fs)
+            res.append(frames[sz].to_model(tensor(box).float().view(2, 2)).view(4))
+        return torch.stack(res).clamp(-1, 1)
 
     def setup_tasks(self):
         "Let each task learn what the DataLoaders know; warn about tasks without labelled samples"

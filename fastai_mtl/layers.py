@@ -12,7 +12,7 @@ from fastai.vision.models.unet import UnetBlock
 
 # %% auto #0
 __all__ = ['FeatureHook', 'EncoderFeatures', 'SkipProjection', 'UnetDecoder', 'LightSegHead', 'ClassificationHead',
-           'params_to_box', 'BoxHead']
+           'params_to_box', 'box_to_params', 'BoxHead', 'PooledBoxHead']
 
 # %% ../nbs/06_layers.ipynb #34723abd
 def _hook_input(m, i, o): return i[0]
@@ -217,11 +217,49 @@ def params_to_box(p:Tensor) -> Tensor:
     h = torch.sigmoid(p[...,2:]) * (1 - c.abs())
     return torch.cat([c-h, c+h], dim=-1)
 
+def box_to_params(b:Tensor, eps:float=1e-4) -> Tensor:
+    "Raw `(..., 4)` that `params_to_box` turns into the boxes `b` (`(x1,y1,x2,y2)` in [-1,1]; clipped `eps` inside)"
+    b = b.float().clamp(-1, 1)
+    b = torch.cat([torch.minimum(b[...,:2], b[...,2:]), torch.maximum(b[...,:2], b[...,2:])], dim=-1)
+    c = ((b[...,:2] + b[...,2:]) / 2).clamp(-1+eps, 1-eps)
+    h = (b[...,2:] - b[...,:2]) / 2 / (1 - c.abs())
+    return torch.cat([torch.atanh(c), torch.logit(h.clamp(eps, 1-eps))], dim=-1)
+
 # %% ../nbs/06_layers.ipynb #45bcb869
 class BoxHead(Module):
-    "One box per image from `nf` channels: `(x1,y1,x2,y2)` in [-1,1], always inside the image (see `params_to_box`)"
+    "One box per image from the body's output (`nf` channels) and, with `features`, its deepest skip connection: `(x1,y1,x2,y2)` in [-1,1]"
+    def __init__(self, nf:int,
+                 features=None, # the encoder's `EncoderFeatures`: also read its deepest skip connection
+                 mean_box=None, # `(x1,y1,x2,y2)` the untrained head predicts (the last layer's bias): the mean training box
+                 width:int=32, # channels each feature map is reduced to
+                 grid:int=4, # each reduced map is average-pooled to `grid` x `grid` cells
+                 hidden:int=256, # width of the MLP's hidden layer
+                 ps:float=0.25, # dropout before the hidden layer
+                 act_cls=defaults.activation):
+        self.features = features if features is not None and len(features) else None
+        nis = [nf] + ([self.features.channels[-1]] if self.features is not None else [])
+        self.reduce = nn.ModuleList([nn.Sequential(ConvLayer(ni, width, ks=1, norm_type=None, act_cls=act_cls),
+                                                   nn.AdaptiveAvgPool2d(grid)) for ni in nis])
+        self.mlp = nn.Sequential(nn.Flatten(), nn.Dropout(ps), nn.Linear(width*grid*grid*len(nis), hidden), act_cls(),
+                                 nn.Linear(hidden, 4))
+        self.init_box(mean_box)
+
+    def init_box(self, mean_box=None, std:float=1e-3):
+        "Start the last layer so that every image gets `mean_box` (the centred half-size box when None)"
+        last = self.mlp[-1]
+        nn.init.normal_(last.weight, std=std)
+        with torch.no_grad():
+            last.bias.copy_(torch.zeros(4) if mean_box is None else box_to_params(torch.as_tensor(mean_box).view(4)))
+
+    def forward(self, x):
+        xs = [x] + ([self.features.stored[-1]] if self.features is not None else [])
+        return params_to_box(self.mlp(torch.cat([r(o) for r,o in zip(self.reduce, xs)], dim=1)))
+
+# %% ../nbs/06_layers.ipynb #7c63b297
+class PooledBoxHead(Module):
+    "fastai's `create_head` (global pooling, batchnorm, dropout, linear) regressing one box: for comparison with `BoxHead`"
     @delegates(create_head, but=['n_out', 'y_range', 'bn_final'])
-    def __init__(self, nf:int, init=nn.init.kaiming_normal_, **kwargs):
+    def __init__(self, nf:int, features=None, mean_box=None, init=nn.init.kaiming_normal_, **kwargs):
         self.head = ClassificationHead(nf, 4, init=init, **kwargs)
         last = [m for m in self.head.modules() if isinstance(m, nn.Linear)][-1]
         nn.init.zeros_(last.weight)

@@ -122,41 +122,56 @@ class TaskEpochSampler(Sampler):
 
 # %% ../nbs/07_loader.ipynb #f9d279cc
 class BalancedSampler(Sampler):
-    "Mixed batches with at least `min_share` of samples carrying each task's target"
-    _repr_args = ('min_share',)
-    def __init__(self, min_share:float|dict=0.25): store_attr()
-    def quotas(self, dl) -> list:
-        "Minimum number of samples per batch carrying each task's target"
+    "Mixed batches: every sample once per epoch, plus `ceil(min_share*bs)` reserved slots per batch for each rare task (labelled on fewer than `min_share` of the samples)"
+    _repr_args = ('min_share', 'max_reserved')
+    def __init__(self,
+                 min_share:float|dict=0.25, # share of every batch for each rare task; a dict by task name (others 0)
+                 max_reserved:float=0.5): # at most this share of a batch is reserved, for all rare tasks together
+        if not 0 <= max_reserved < 1: raise ValueError(f'max_reserved must be in [0, 1), got {max_reserved}')
+        store_attr()
+
+    def shares(self, dl) -> list:
+        "The share asked for each task"
         n_tasks = dl.labelled.shape[0]
-        if isinstance(self.min_share, dict):
-            shares = [0.] * n_tasks
-            for k,v in self.min_share.items(): shares[_task_idx(dl, k)] = v
-        else: shares = [self.min_share] * n_tasks
-        q = [math.ceil(s * dl.bs) if dl.labelled[i].any() else 0 for i,s in enumerate(shares)]
-        if sum(q) > dl.bs: raise ValueError(f'min_share asks for {sum(q)} samples per batch of {dl.bs}')
+        if not isinstance(self.min_share, dict): return [float(self.min_share)] * n_tasks
+        res = [0.] * n_tasks
+        for k,v in self.min_share.items(): res[_task_idx(dl, k)] = float(v)
+        return res
+
+    def quotas(self, dl) -> list:
+        "Slots of each batch reserved for each task's labelled samples (0 for the tasks that are not rare)"
+        lab, bs = dl.labelled, dl.bs
+        n = lab.shape[1]
+        q = [min(math.ceil(s * bs), int(lab[i].sum())) if 0 < lab[i].sum() < s * n else 0
+             for i,s in enumerate(self.shares(dl))]
+        cap = int(self.max_reserved * bs)
+        if sum(q) > cap:  # scale every quota down in proportion, keeping at least one slot per rare task
+            q = [max(1, math.floor(o * cap / sum(q))) if o else 0 for o in q]
+            if sum(q) > cap:
+                raise ValueError(f'{sum(1 for o in q if o)} rare tasks need at least one slot each, but only {cap} of a '
+                                 f'batch of {bs} may be reserved: raise `bs` or `max_reserved`')
         return q
 
-    def n_batches(self, dl): return MixedSampler().n_batches(dl)
+    def n_batches(self, dl):
+        n, fill = dl.labelled.shape[1], dl.bs - sum(self.quotas(dl))
+        return max(1, math.ceil(n / fill))
+
     def get_idxs(self, dl):
         lab, bs, rng = dl.labelled, dl.bs, dl.rng
-        quotas = self.quotas(dl)
-        pools = _pools(lab)
-        streams = [PoolStream(p, rng) if p else None for p in pools]
-        order = sorted((i for i,q in enumerate(quotas) if q), key=lambda i: len(pools[i]))
+        quotas, pools = self.quotas(dl), _pools(lab)
+        rare = sorted((i for i,q in enumerate(quotas) if q), key=lambda i: len(pools[i]))
+        streams = {i: PoolStream(pools[i], rng) for i in rare}
         everything = PoolStream(range(lab.shape[1]), rng)
-        idxs = []
+        fill, idxs = bs - sum(quotas), []
         for _ in range(self.n_batches(dl)):
-            batch = []
-            for i in order:
-                need = quotas[i] - int(lab[i, batch].sum()) if batch else quotas[i]
-                batch += self._draw(streams[i], need, batch, len(pools[i]))
-            batch += self._draw(everything, bs - len(batch), batch, lab.shape[1])
+            batch = everything.take(fill)
+            for i in rare: batch += self._draw(streams[i], quotas[i], batch, len(pools[i]))
             idxs += rng.sample(batch, len(batch))
         self.batch_tasks = None
         return idxs
 
     def _draw(self, stream, n, batch, pool_size) -> list:
-        "`n` indices from `stream` not already in `batch` (repeats allowed only once the pool is exhausted)"
+        "`n` indices from `stream` not already in `batch` (repeats only when the pool has no other)"
         res, seen, tries = [], set(batch), 0
         while len(res) < n:
             i = next(stream); tries += 1

@@ -15,7 +15,7 @@ from .layers import _in_channels
 
 # %% auto #0
 __all__ = ['MultiTaskHead', 'PretrainedWeightsError', 'read_state_dict', 'load_weights', 'arch_meta', 'create_mtl_body',
-           'create_mtl_model', 'mtl_splitter']
+           'set_bn_momentum', 'check_bn_momentum', 'create_mtl_model', 'mtl_splitter']
 
 # %% ../nbs/10_model.ipynb #11da1df6
 class MultiTaskHead(Module):
@@ -164,7 +164,29 @@ def create_mtl_body(arch, n_in:int=3, pretrained:bool=True, cut=None, weights=No
     elif cut is None and not has_pool_type(model): body = model
     else: body = create_body(model, 3, False, cut)  # the first conv already has `n_in` channels
     if sd is not None and not in_model: load_weights(body, sd)
+    check_bn_momentum(body)
     return body
+
+# %% ../nbs/10_model.ipynb #309f8d06
+def _batchnorms(m:nn.Module) -> list:
+    return [o for o in m.modules() if isinstance(o, nn.modules.batchnorm._BatchNorm) and o.track_running_stats]
+
+def set_bn_momentum(m:nn.Module, momentum:float=0.1) -> nn.Module:
+    "Set the `momentum` of every batchnorm layer of `m` (PyTorch's convention: the weight of each new batch's statistics)"
+    for o in _batchnorms(m): o.momentum = momentum
+    return m
+
+def check_bn_momentum(m:nn.Module, lo:float=0.05, hi:float=0.5) -> list:
+    "Warn when most batchnorm layers of `m` have a momentum outside `[lo, hi]` (e.g. TensorFlow-ported weights: 0.01); returns those momentums"
+    bns = _batchnorms(m)
+    odd = [o.momentum for o in bns if o.momentum is None or not lo <= o.momentum <= hi]
+    if bns and len(odd) > len(bns)/2:
+        vals = sorted({str(o) for o in odd})
+        warnings.warn(f"{len(odd)} of the {len(bns)} batchnorm layers of the body have momentum {', '.join(vals)}, far from "
+                      "PyTorch's 0.1 (weights ported from TensorFlow often keep its 0.99 decay, i.e. 0.01 here): the running "
+                      "statistics then follow your data slowly and validation results swing with the seed. Fix it with "
+                      "`set_bn_momentum(body, 0.1)` before `mtl_learner` (or on `learn.model`).")
+    return odd
 
 # %% ../nbs/10_model.ipynb #28519b59
 _DECODERS = {None: {}, 'unet': dict(light=False), 'light': dict(light=True)}

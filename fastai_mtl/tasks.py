@@ -150,9 +150,12 @@ class ClassificationTask(_ColTask):
 class BoxTask(_ColTask):
     "One box per image from 4 columns `(x1, y1, x2, y2)` in the source image's pixel coordinates"
     kind, sentinel = 'box', MISSING_COORD
-    def __init__(self, cols=('x1','y1','x2','y2'), name:str='box', weight:float=None, loss_func=None, **head_kwargs):
+    def __init__(self, cols=('x1','y1','x2','y2'), name:str='box', weight:float=None, loss_func=None,
+                 head=BoxHead, # the head's class: `BoxHead`, or `PooledBoxHead` (for comparison), called as `head(nf, features, mean_box, **head_kwargs)`
+                 **head_kwargs):
         if len(L(cols)) != 4: raise ValueError(f'BoxTask needs 4 columns (x1, y1, x2, y2), got {cols}')
         super().__init__(cols, name, weight, loss_func, **head_kwargs)
+        self.head, self.mean_box = head, None
 
     def default_loss(self): return DIoULoss()
     def getter(self, path=None): return ColGetter(self.cols)
@@ -172,12 +175,20 @@ class BoxTask(_ColTask):
         self._bad_rows(df.loc[lab], (x1 > x2) | (y1 > y2), 'have a box with x1 > x2 or y1 > y2')
         self._bad_rows(df.loc[lab], (vals < 0).any(axis=1), 'have a box with negative coordinates')
 
+    def setup(self, dls):
+        "Compute `mean_box`, the mean labelled training box in the model's coordinates: where the head starts"
+        items = getattr(dls.train, 'items', None)
+        if isinstance(items, pd.DataFrame) and getattr(dls, 'fn_col', None) is not None:
+            b = dls.model_boxes(items[self.labelled(items)], self.cols)
+            self.mean_box = b.mean(0) if len(b) else None
+        return self
+
     def has_target(self, targ): return has_box(targ)
     @property
     def n_out(self): return 4
     def create_head(self, nf, features=None, light=None, img_size=None, **kwargs):
-        "A `BoxHead` regressing one box from the pooled features; segmentation options are ignored"
-        return BoxHead(nf, **{**self.head_kwargs, **kwargs})
+        "A `BoxHead` (by default) on the body's output and deepest skip connection, starting at `mean_box`; segmentation options are ignored"
+        return self.head(nf, features, mean_box=self.mean_box, **{**self.head_kwargs, **kwargs})
     def metrics(self, i): return [TaskBoxIoU(i, task=self.name)]
     def constant_pred(self, targ):
         "The mean labelled box `(4,)` (scaled coordinates; the whole image when no box is labelled)"

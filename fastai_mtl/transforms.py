@@ -197,6 +197,11 @@ class SourceFrame:
         y = (pts[..., 1] - v1) / (v2 - v1) * h
         return torch.stack([x, y], -1)
 
+    def to_model(self, pts:Tensor) -> Tensor:
+        "Points `(..., 2)` in source image pixel coords -> the model input's scaled coords (the inverse of `to_source`)"
+        (u1,v1,u2,v2),(w,h) = self.box, self.size
+        return torch.stack([u1 + pts[..., 0] / w * (u2 - u1), v1 + pts[..., 1] / h * (v2 - v1)], -1)
+
     def source_grid(self, device=None) -> Tensor:
         "`(1, h, w, 2)` grid of the source pixel centres in the model input's scaled coords, for `F.grid_sample`"
         (u1,v1,u2,v2),(w,h) = self.box, self.size

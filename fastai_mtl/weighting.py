@@ -25,28 +25,34 @@ class TaskLossSums:
     def reset(self):
         "Start again from zero"
         z = partial(torch.zeros, self.n_tasks, dtype=torch.float64)
-        self.sums,self.counts,self.n_batches = z(),z(),0
-    def add(self, losses:Tensor, counts:Tensor):
-        "Add a batch: each task's mean loss over its labelled items (`MaskedMultiLoss.last_losses`) and their number"
+        self.sums,self.counts,self.batches,self.items,self.n_batches = z(),z(),z(),z(),0
+    def add(self, losses:Tensor, counts:Tensor, items:Tensor=None):
+        "Add a batch: each task's mean loss over its labelled items (`MaskedMultiLoss.last_losses`), their number, and how many samples have the target (`items`)"
         self.device = losses.device
         counts = counts.detach().double().cpu()
         self.sums += torch.where(counts > 0, losses.detach().double().cpu(), 0.)*counts
         self.counts += counts
+        self.batches += (counts > 0).double()
+        if items is not None: self.items += torch.as_tensor(items).detach().double().cpu()
         self.n_batches += 1
     def reduce(self):
         "Add up the sums of every process (`torch.distributed`, on the losses' device); nothing to do in a single process"
         if not _distributed(): return self
-        t = torch.cat([self.sums, self.counts]).to(ifnone(self.device, 'cpu'))
+        t = torch.cat([self.sums, self.counts, self.batches, self.items]).to(ifnone(self.device, 'cpu'))
         torch.distributed.all_reduce(t)
-        self.sums,self.counts = t[:self.n_tasks].cpu(),t[self.n_tasks:].cpu()
+        self.sums,self.counts,self.batches,self.items = t.cpu().view(4, self.n_tasks).unbind(0)
         return self
     @property
     def means(self) -> Tensor:
         "Each task's mean loss over its labelled items, NaN for a task without any"
         return torch.where(self.counts > 0, self.sums/self.counts.clamp_min(1), float('nan'))
-    def state(self) -> dict: return dict(sums=self.sums.clone(), counts=self.counts.clone(), n_batches=self.n_batches)
+    def state(self) -> dict:
+        return dict(sums=self.sums.clone(), counts=self.counts.clone(), batches=self.batches.clone(), items=self.items.clone(),
+                    n_batches=self.n_batches)
     def load(self, d:dict):
         self.sums,self.counts,self.n_batches = d['sums'].double().clone(),d['counts'].double().clone(),int(d['n_batches'])
+        for k in ('batches', 'items'):
+            setattr(self, k, d[k].double().clone() if k in d else torch.zeros(self.n_tasks, dtype=torch.float64))
 
 # %% ../nbs/12_weighting.ipynb #744db1d0
 class ValueColumn(Metric):
@@ -94,12 +100,16 @@ class TaskLossRecorder(_ColumnsCallback):
         super().before_fit()
     def before_train(self): self.sums.reset()
     def after_loss(self):
-        if self.training: self.sums.add(self.learn.loss_func.last_losses, self.learn.loss_func.last_counts)
+        if not self.training: return
+        tasks = self.learn.loss_func.tasks
+        items = [t.has_target(y).sum() for t,y in zip(tasks, self.learn.yb)] if len(self.learn.yb) == len(tasks) else None
+        self.sums.add(self.learn.loss_func.last_losses, self.learn.loss_func.last_counts, items)
     def after_train(self):
         means,w = self.sums.reduce().means,task_weights(self.learn)
         row = {'epoch': self.epoch}
         for i,n in enumerate(_task_names(self.learn)):
             row[f'{n}_train'],row[f'{n}_n'],row[f'{n}_w'] = means[i].item(),int(self.sums.counts[i]),float(w[i])
+            row[f'{n}_items'],row[f'{n}_batches'] = int(self.sums.items[i]),int(self.sums.batches[i])
         self.rows.append(row)
     def after_validate(self):
         "Add each task's validation loss (its `{task}_loss` metric) to the epoch's row"
@@ -109,7 +119,7 @@ class TaskLossRecorder(_ColumnsCallback):
             if f'{n}_loss' in mets: self.rows[-1][f'{n}_valid'] = ifnone(mets[f'{n}_loss'].value, float('nan'))
     @property
     def df(self) -> pd.DataFrame:
-        "One row per training epoch of the last fit: each task's mean training loss (`_train`), labelled items (`_n`), weight (`_w`), validation loss (`_valid`)"
+        "One row per training epoch of the last fit: each task's mean training loss (`_train`), labelled items (`_n`: pixels for a mask), samples with the target (`_items`) and batches with any (`_batches`), weight (`_w`), validation loss (`_valid`)"
         return pd.DataFrame(self.rows)
 
 # %% ../nbs/12_weighting.ipynb #e0c61135

@@ -99,13 +99,17 @@ def test_batch_mode_round_robin(dls):
     assert_eq(len(learn.batches.rows), 3*max(dls.train.labelled.sum(1)//BS))
 
 def test_mixed_mode(dls):
-    learn = fit(learner(dls, 'mixed', cbs=[Batches(), CountSteps()]), 1)
-    assert_eq(len(learn.batches.rows), len(dls.train.items)//BS)
+    learn = fit(learner(dls, TaskAlternation('mixed', min_share=None), cbs=[Batches(), CountSteps()]), 1)
+    assert_eq(len(learn.batches.rows), len(dls.train.items)//BS)   # purely random: fastai's epoch
     assert all(t is None for t in learn.task_alternation.batch_tasks)
     assert_eq(learn.count_steps.n, len(dls.train.items)//BS)
-    learn = fit(learner(dls, TaskAlternation('mixed', min_share=0.25), cbs=Batches()), 1)
+    learn = fit(learner(dls, TaskAlternation('mixed', min_share=0.6), cbs=Batches()), 1)
     labs = torch.stack([r[3] for r in learn.batches.rows])  # batches x tasks x samples
-    assert (labs.sum(2) >= 2).all()  # at least a quarter of every batch labelled for each task
+    q = BalancedSampler(0.6).quotas(dls.train)   # mask and box (half labelled) are rare at 0.6, colour (3/4) is not
+    assert q == [2, 0, 2]                        # 5 slots asked for each, scaled down to half of the batch
+    for t in range(3): assert (labs[:, t].sum(1) >= q[t]).all()
+    learn = fit(learner(dls, 'mixed', cbs=Batches()), 1)   # the default: balanced batches, nothing rare here
+    assert_eq(len(learn.batches.rows), -(-len(dls.train.items)//BS))
 
 # --- 'sum': one step per round, its gradient and its memory ------------------------------------------------
 def test_sum_mode_one_step_per_round_and_schedule(dls):

@@ -158,14 +158,45 @@ def test_params_to_box():
     params_to_box(p).sum().backward()
     assert p.grad.abs().sum() > 0
 
+def test_box_to_params_inverts_params_to_box():
+    torch.manual_seed(0)
+    b = params_to_box(torch.randn(1000, 4)*2)
+    assert torch.allclose(params_to_box(box_to_params(b)), b, atol=2e-3)
+    assert torch.allclose(box_to_params(torch.tensor([-.5, -.5, .5, .5])), torch.zeros(4), atol=1e-6)
+    assert torch.isfinite(box_to_params(torch.tensor([[-1., -1, 1, 1], [0, 0, 0, 0], [.3, .2, .1, .0]]))).all()  # edges, empty, inverted
+
 def test_box_head():
-    h = BoxHead(512, lin_ftrs=[64])
+    h = BoxHead(512, hidden=64)
     x = torch.randn(4, 512, 2, 2)
     out = h(x)
-    assert out.shape == (4, 4) and torch.allclose(out, torch.tensor([-.5, -.5, .5, .5]).expand(4, 4))
+    assert out.shape == (4, 4) and torch.allclose(out, torch.tensor([-.5, -.5, .5, .5]).expand(4, 4), atol=0.02)
     (out - torch.tensor([-.9, -.2, .3, .8])).abs().sum().backward()
-    last = [m for m in h.modules() if isinstance(m, nn.Linear)][-1]
-    assert last.weight.grad.abs().sum() > 0
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in h.parameters())   # every layer learns from the start
     opt = torch.optim.SGD(h.parameters(), lr=0.1)
     opt.step()
     assert not torch.allclose(h(x), out)
+    for sz in [(1, 1), (3, 5), (9, 9)]: assert h(torch.randn(2, 512, *sz)).shape == (2, 4)   # any feature map size
+
+def test_box_head_starts_at_the_mean_box():
+    mb = torch.tensor([-.3, -.7, .4, .1])
+    h = BoxHead(512, mean_box=mb).eval()
+    assert torch.allclose(params_to_box(h.mlp[-1].bias.detach()), mb, atol=1e-4)
+    out = h(torch.randn(8, 512, 4, 4))
+    assert torch.allclose(out, mb.expand(8, 4), atol=0.02)
+    assert isinstance(h.mlp[-1], nn.Linear) and not isinstance(h.mlp[-2], (nn.Dropout, nn.BatchNorm1d))
+
+def test_box_head_reads_the_deepest_skip():
+    body = create_body(resnet18(), pretrained=False)
+    feats = EncoderFeatures(body, (64, 64))
+    h = BoxHead(512, feats)
+    x = torch.randn(2, 3, 64, 64)
+    out = h(body(x))
+    assert out.shape == (2, 4)
+    out.sum().backward()
+    assert h.reduce[1][0][0].weight.grad.abs().sum() > 0          # the 1/16 map's reduction learns
+    assert body[6][0].conv1.weight.grad.abs().sum() > 0           # and so does layer3, through the skip
+
+def test_pooled_box_head():
+    h = PooledBoxHead(512, lin_ftrs=[64])
+    out = h(torch.randn(4, 512, 2, 2))
+    assert torch.allclose(out, torch.tensor([-.5, -.5, .5, .5]).expand(4, 4))

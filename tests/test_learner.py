@@ -225,6 +225,32 @@ def test_fine_tune_above_chance():
     assert res['mask_miou'] > bg_miou + 0.08, (res, bg_miou)
     assert res['box_iou'] > best_box + 0.05, (res, best_box)
 
+def test_box_head_beats_the_constant_box():
+    "In a few seconds on synthetic shapes the default box head is far above the mean box, the old pooled head is not"
+    from fastai_mtl.layers import BoxHead, PooledBoxHead
+    from fastai_mtl.demo import demo_body
+    path, df = synth_shapes(400, size=32, seed=1)
+    res = {}
+    for head in (BoxHead, PooledBoxHead):
+        set_seed(0, reproducible=True)
+        dls = _dls(path, df, [BoxTask(head=head)], bs=32)
+        learn = mtl_learner(dls, demo_body(widths=(16, 32, 64)), pretrained=False)
+        with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(5, 3e-3)
+        res[head.__name__] = learn.validate()[-1]
+    const = learn.baseline()['box_iou']
+    assert res['BoxHead'] > const + 0.2 and res['BoxHead'] > res['PooledBoxHead'] + 0.1, (res, const)
+
+def test_box_task_starts_at_the_mean_training_box(synth):
+    from fastai_mtl.layers import params_to_box
+    path, df = synth
+    dls = _dls(path, df, size=48)       # squished 32 -> 48 px: the scaled coordinates do not change
+    t = dls.tasks[2]
+    rows = df[~df.is_valid & df.x1.notna()]
+    mean = torch.tensor((rows[['x1', 'y1', 'x2', 'y2']].values / 32 * 2 - 1).mean(0), dtype=torch.float)
+    assert torch.allclose(t.mean_box, mean, atol=1e-5)
+    learn = _learner(dls)
+    assert torch.allclose(params_to_box(learn.model[1].heads[2].mlp[-1].bias.detach()), mean, atol=1e-4)
+
 # ---------------------------------------------------------------------------------------------------------------
 # freeze / unfreeze, discriminative learning rates, lr_find
 def _snapshot(m): return [p.detach().clone() for p in m.parameters()]
