@@ -28,7 +28,7 @@ check_install()
 
 # %% auto #0
 __all__ = ['IGNORE_INDEX', 'MISSING_LABEL', 'MISSING_COORD', 'check_install', 'is_missing', 'missing_mask', 'MTLDataError',
-           'row_desc', 'Task']
+           'row_desc', 'Task', 'Registry']
 
 # %% ../nbs/00_core.ipynb #4fdccb49
 # fastai calls `torch.jit.script` at import time, which recent torch deprecates: not our users' concern
@@ -105,14 +105,18 @@ class Task:
     def has_target(self, targ:Tensor) -> Tensor:
         "Boolean `(bs,)`: which samples of a batch carry this target"
         raise NotImplementedError(f'{type(self).__name__} must define `has_target`')
+    def missing_like(self, targ:Tensor) -> Tensor:
+        "Targets shaped like the batch `targ` with none labelled: every value the `sentinel`"
+        if self.sentinel is None: raise NotImplementedError(f'{type(self).__name__} must define `sentinel` or `missing_like`')
+        return torch.full_like(targ, self.sentinel)
 
     # --- model, loss, metrics ----------------------------------------------------------------------------------
     @property
     def n_out(self) -> int:
         "Number of outputs of this task's head"
         raise NotImplementedError(f'{type(self).__name__} must define `n_out`')
-    def create_head(self, nf:int, features=None, **kwargs) -> nn.Module:
-        "Head predicting this task from `nf` backbone channels (`features`: encoder hooks for skip connections)"
+    def create_head(self, nf:int, features=None, img_size=None, decoder=None, **kwargs) -> nn.Module:
+        "Head predicting this task from `nf` backbone channels (`features`: encoder hooks for skip connections; `img_size`: the input's; `decoder`: a segmentation decoder asked for by `mtl_learner`, ignored by other kinds)"
         raise NotImplementedError(f'{type(self).__name__} must define `create_head`')
     def loss(self, pred:Tensor, targ:Tensor):
         "`(loss, n)`: mean loss over the labelled items of the batch, and their number"
@@ -137,3 +141,32 @@ class Task:
     def show(self, o, ctx=None, pred=False, **kwargs):
         "Draw decoded target (or prediction if `pred`) `o` on the matplotlib axis `ctx`"
         return ctx
+
+# %% ../nbs/00_core.ipynb #471b403e
+class Registry:
+    "Strategies of one `kind` by name: `@registry.register('name')` next to each definition, `resolve` a name or an object"
+    def __init__(self, kind:str): self.kind,self.items = kind,{}
+    def register(self, name:str=None, obj=None):
+        "Register `obj` as `name` (its `__name__` by default); as a decorator when `obj` is not given"
+        def _reg(o):
+            key = ifnone(name, getattr(o, '__name__', None))
+            if key is None: raise ValueError(f'a {self.kind} needs a name to be registered')
+            self.items[key] = o
+            return o
+        return _reg if obj is None else _reg(obj)
+    def __contains__(self, name): return name in self.items
+    def __getitem__(self, name): return self.resolve(name)
+    def __iter__(self): return iter(self.items)
+    def __len__(self): return len(self.items)
+    def keys(self): return list(self.items)
+    def __repr__(self): return f'Registry({self.kind!r}: {", ".join(self.items)})'
+    def resolve(self, spec):
+        "The object registered as `spec` if it is a name, else `spec` itself"
+        if not isinstance(spec, str): return spec
+        if spec not in self.items:
+            raise ValueError(f'unknown {self.kind} {spec!r}: use one of {list(self.items)} or pass an object')
+        return self.items[spec]
+    def create(self, spec, *args, **kwargs):
+        "An instance from a name, a class (called with `args`, `kwargs`) or an instance (returned as it is)"
+        o = self.resolve(spec)
+        return o(*args, **kwargs) if isinstance(o, type) or isinstance(o, partial) else o

@@ -14,7 +14,6 @@ from .core import *
 from .layers import *
 from .layers import _size, _in_channels
 from .model import *
-from .model import _DECODERS
 from .learner import *
 from copy import deepcopy
 
@@ -235,12 +234,12 @@ def create_cross_stitch_model(arch, tasks, n_in:int=3, pretrained:bool=True, cut
                               weights=None, arch_kwargs:dict=None, per_channel:bool=False, self_weight:float=0.9,
                               alpha_lr_mult:float=1., **kwargs) -> CrossStitchModel:
     "A `CrossStitchModel` with one branch per task, each a copy of the body of `arch` (as `create_mtl_model` builds it)"
-    if decoder not in _DECODERS: raise ValueError(f'decoder must be one of {list(_DECODERS)}, got {decoder!r}')
+    kw = head_options(decoder, **kwargs)
     tasks = list(tasks)
     body = sequential_body(create_mtl_body(arch, n_in, pretrained, cut, weights, arch_kwargs), _size(img_size))
     branches = [body] + [deepcopy(body) for _ in tasks[1:]]
     model = CrossStitchModel(branches, tasks, img_size, per_channel=per_channel, self_weight=self_weight,
-                             alpha_lr_mult=alpha_lr_mult, **_DECODERS[decoder], **kwargs)
+                             alpha_lr_mult=alpha_lr_mult, **kw)
     meta = arch_meta(arch)
     model.arch_meta = {**meta, 'split': cross_stitch_splitter, 'branch_split': meta['split']}
     return model
@@ -295,7 +294,7 @@ def create_transfer_model(arch, tasks, aux:list, n_in:int=3, pretrained:bool=Tru
                           decoder:str=None, weights=None, arch_kwargs:dict=None, aux_names:list=None,
                           per_channel:bool=False, self_weight:float=0.9, alpha_lr_mult:float=1., **kwargs) -> CrossStitchModel:
     "A branch per task of `tasks` from `arch` (or a trained learner's encoder), fused after every stage with the frozen encoders of the trained `aux` models"
-    if decoder not in _DECODERS: raise ValueError(f'decoder must be one of {list(_DECODERS)}, got {decoder!r}')
+    kw = head_options(decoder, **kwargs)
     aux = L(aux)
     if not aux: raise ValueError('no aux models: pass the trained learners (or models, bodies) of the auxiliary tasks')
     tasks = list(tasks)
@@ -307,7 +306,7 @@ def create_transfer_model(arch, tasks, aux:list, n_in:int=3, pretrained:bool=Tru
     aux_bodies = [sequential_body(_copy_body(b), _size(img_size)) for b,_,_ in encs]
     branches = [body] + [deepcopy(body) for _ in tasks[1:]]
     model = CrossStitchModel(branches, tasks, img_size, aux=aux_bodies, aux_names=names, per_channel=per_channel,
-                             self_weight=self_weight, alpha_lr_mult=alpha_lr_mult, **_DECODERS[decoder], **kwargs)
+                             self_weight=self_weight, alpha_lr_mult=alpha_lr_mult, **kw)
     model.arch_meta = {**meta, 'split': cross_stitch_splitter, 'branch_split': meta['split']}
     return model
 

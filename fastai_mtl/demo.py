@@ -34,7 +34,7 @@ def synth_demo(n:int=3000, size:int=48, bs:int=64, seed:int=0, missing:dict=None
     "`(dls, arch, pretrained)` for the synthetic demo: `synth_shapes` with `missing` targets, four tasks, `demo_body`"
     path, df = synth_shapes(n, size=size, seed=seed, missing=ifnone(missing, DEMO_MISSING))
     simple = dict(lin_ftrs=[], ps=0., concat_pool=False, first_bn=False)   # fastai `create_head` options: one linear layer
-    tasks = [SegmentationTask('mask', SHAPE_CODES, light=True), ClassificationTask('shape', **simple),
+    tasks = [SegmentationTask('mask', SHAPE_CODES, decoder='light'), ClassificationTask('shape', **simple),
              ClassificationTask('colour', **simple), BoxTask()]
     dls = MTLDataLoaders.from_df(df, path, 'fn', tasks, valid_col='is_valid', bs=bs, num_workers=0)
     return dls, demo_body(), False
@@ -45,7 +45,7 @@ def pets_demo(path, size:int=128, bs:int=16, seed:int=0, n:int=None):
     df = pets_df(path)
     if n is not None: df = df.sample(min(n, len(df)), random_state=seed)
     df['is_valid'] = np.random.default_rng(seed).random(len(df)) < 0.2
-    tasks = [SegmentationTask('trimap', TRIMAP_CODES, code_map=TRIMAP_CODE_MAP, light=True),
+    tasks = [SegmentationTask('trimap', TRIMAP_CODES, code_map=TRIMAP_CODE_MAP),
              ClassificationTask('breed'), BoxTask(PET_BOX_COLS, name='head')]
     dls = MTLDataLoaders.from_df(df, path, 'fn', tasks, valid_col='is_valid', size=size, bs=bs, num_workers=0,
                                  batch_tfms=aug_transforms())

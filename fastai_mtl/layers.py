@@ -9,10 +9,11 @@ from __future__ import annotations
 import itertools, math
 from fastai.vision.all import *
 from fastai.vision.models.unet import UnetBlock
+from .core import Registry
 
 # %% auto #0
-__all__ = ['FeatureHook', 'EncoderFeatures', 'SkipProjection', 'UnetDecoder', 'LightSegHead', 'ClassificationHead',
-           'params_to_box', 'box_to_params', 'BoxHead', 'PooledBoxHead']
+__all__ = ['decoders', 'FeatureHook', 'EncoderFeatures', 'UnetDecoder', 'SkipProjection', 'DynamicUnetDecoder', 'LightSegHead',
+           'ClassificationHead', 'params_to_box', 'box_to_params', 'BoxHead', 'PooledBoxHead']
 
 # %% ../nbs/06_layers.ipynb #34723abd
 def _hook_input(m, i, o): return i[0]
@@ -123,6 +124,48 @@ class EncoderFeatures:
         skips = ', '.join(f'{n}:{c}ch/{r}' for n,c,r in zip(self.names, self.channels, self.reductions))
         return f'{type(self).__name__}(n_in={self.n_in}, nf={self.nf}, skips=[{skips}])'
 
+# %% ../nbs/06_layers.ipynb #e8d02027
+def _resize(x, size, mode='nearest'): return x if x.shape[-2:]==size else F.interpolate(x, size, mode=mode)
+
+def _check_features(dec) -> Tensor:
+    "The body's input stored by `dec.features`, or a clear error when the body has not run on this batch"
+    inp = dec.features.input
+    if inp is None:
+        raise RuntimeError(f"{type(dec).__name__} reads the encoder's feature maps through hooks on the body: "
+                           "run the body on this batch first (call the whole model, not the head alone)")
+    return inp
+
+decoders = Registry('decoder')
+
+# %% ../nbs/06_layers.ipynb #7b55f53f
+@decoders.register('unet')
+class UnetDecoder(Module):
+    "Classic U-Net decoder (as smp's `Unet`): per skip, deepest first, upsample, concatenate, two 3x3 `ConvLayer`s; then to the input's size"
+    def __init__(self, features:EncoderFeatures, n_out:int,
+                 widths=(256, 128, 64, 32, 16), # channels of the blocks, the last `len(features)+1` of them are used
+                 act_cls=defaults.activation, norm_type=NormType.Batch, y_range=None, mode:str='nearest'):
+        self.features,self.mode = features,mode
+        skips = list(features.channels[::-1]) + [0]     # deep to shallow, then the input's size (no skip)
+        widths = list(widths)
+        widths = widths[-len(skips):] if len(widths) >= len(skips) else widths + [widths[-1]]*(len(skips) - len(widths))
+        blocks,ni = [],features.nf
+        for s,w in zip(skips, widths):
+            blocks.append(nn.Sequential(ConvLayer(ni + s, w, act_cls=act_cls, norm_type=norm_type),
+                                        ConvLayer(w, w, act_cls=act_cls, norm_type=norm_type)))
+            ni = w
+        self.blocks = nn.ModuleList(blocks)
+        self.final = nn.Conv2d(ni, n_out, 3, padding=1)
+        self.act = SigmoidRange(*y_range) if y_range is not None else nn.Identity()
+
+    def forward(self, x):
+        inp = _check_features(self)
+        skips = self.features.stored[::-1]
+        for i,b in enumerate(self.blocks):
+            skip = skips[i] if i < len(skips) else None
+            x = F.interpolate(x, size=(skip if skip is not None else inp).shape[-2:], mode=self.mode)
+            x = b(torch.cat([x, skip], dim=1) if skip is not None else x)
+        return self.act(self.final(x))
+
 # %% ../nbs/06_layers.ipynb #3c125b4b
 class SkipProjection(Module):
     "1x1 `ConvLayer` from `ni` to `nf` channels applied to what `hook` stored: a drop-in `hook` for `UnetBlock`"
@@ -132,11 +175,10 @@ class SkipProjection(Module):
     @property
     def stored(self): return self.conv(self.src.stored)
 
-def _resize(x, size, mode='nearest'): return x if x.shape[-2:]==size else F.interpolate(x, size, mode=mode)
-
 # %% ../nbs/06_layers.ipynb #df4025e5
-class UnetDecoder(Module):
-    "U-Net decoder (fastai's `DynamicUnet` without its encoder) from the body's output to `n_out` maps at the input size"
+@decoders.register('dynamic')
+class DynamicUnetDecoder(Module):
+    "fastai's `DynamicUnet` decoder (without its encoder) from the body's output to `n_out` maps at the input size; `light` for CPUs"
     @delegates(ConvLayer.__init__)
     def __init__(self, features:EncoderFeatures, n_out:int, light:bool=False, width:int=32, blur=False, blur_final=True,
                  self_attention=False, y_range=None, last_cross=True, bottle=False, act_cls=defaults.activation,
@@ -169,15 +211,14 @@ class UnetDecoder(Module):
         apply_init(nn.Sequential(self.middle, *L(self.cross)), init)
 
     def forward(self, x):
-        inp = self.features.input
-        if inp is None or inp.shape[0]!=x.shape[0]:
-            raise RuntimeError(f"{type(self).__name__} reads the encoder's feature maps through hooks on the body: "
-                               "run the body on this batch first (call the whole model, not the head alone)")
+        inp = _check_features(self)
         x = self.middle(x)
         for b in self.blocks: x = b(x)
         x = _resize(self.up(x), inp.shape[-2:])
         if self.cross is not None: x = self.cross(torch.cat([x, inp], dim=1))
         return self.act(self.final(x))
+
+decoders.register('light', obj=partial(DynamicUnetDecoder, light=True))
 
 # %% ../nbs/06_layers.ipynb #cb4a8e14
 class LightSegHead(Module):

@@ -133,7 +133,7 @@ def _strategy_cb(spec, registry, kind, *args):
 def mtl_learner(dls, arch=resnet34, pretrained:bool=True, tasks:list=None, loss_func=None, metrics=None,
                 normalize:bool=True, n_in:int=3, cut=None,
                 weights=None, # local pretrained weights for the body (a file or state dict), e.g. without internet
-                decoder:str=None, # 'light' (small, for CPU) or 'unet' for every segmentation task; None: each task's own
+                decoder=None, # every segmentation task's decoder: 'unet', 'dynamic', 'light' (see `decoders`) or a callable; None: each task's own
                 architecture='hard', # 'hard' (one shared body), 'cross_stitch', or a function like `create_mtl_model`
                 weighting=None, # loss weighting: 'equal', 'static', 'dwa', 'uncertainty', or a callback
                 alternation=None, # task alternation: 'epoch', 'batch', 'sum', 'mixed', or a callback

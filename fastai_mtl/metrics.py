@@ -6,16 +6,18 @@ Docs: https://fastai-mtl.github.io/fastai_mtl/metrics.html.md"""
 
 # %% ../nbs/05_metrics.ipynb #27670050
 from __future__ import annotations
+import math
 from fastai.basics import *
 from .core import *
 from .losses import plain_tensor, flat_boxes, has_box, box_iou_pairs
 
 # %% auto #0
-__all__ = ['TaskMetric', 'TaskAccuracy', 'confusion_matrix', 'TaskConfusion', 'TaskMeanIoU', 'TaskDice', 'TaskBoxIoU', 'TaskLoss']
+__all__ = ['TaskMetric', 'TaskAccuracy', 'confusion_matrix', 'item_confusion', 'TaskConfusion', 'TaskMeanIoU', 'TaskDice',
+           'TaskBoxIoU', 'TaskLoss']
 
 # %% ../nbs/05_metrics.ipynb #08cf0299
 class TaskMetric(Metric):
-    "Base of the per-task metrics: a ratio of sums over the labelled items of task `i` in the whole validation set"
+    "Base of the per-task metrics: `value_of` the sum of every item's `item_stats` over the labelled items of task `i` in the whole validation set"
     suffix = 'metric'
     def __init__(self, i:int, task:str=None, name:str=None):
         self.i,self.task,self._name = i,ifnone(task, f'task{i}'),name
@@ -23,28 +25,34 @@ class TaskMetric(Metric):
     @property
     def name(self): return ifnone(self._name, f'{self.task}_{self.suffix}')
     def __repr__(self): return f'{type(self).__name__}({self.i}, name={self.name!r})'
-    def reset(self): self.total,self.count = 0.,0
-    def batch_sums(self, pred:Tensor, targ:Tensor) -> tuple:
-        "`(sum, count)` of one batch: the metric summed over its labelled items, and their number"
-        raise NotImplementedError(f'{type(self).__name__} must define `batch_sums`')
+    def reset(self): self.stats = None
+    def item_stats(self, pred:Tensor, targ:Tensor) -> Tensor:
+        "`(bs, k)` statistics of each item of a batch (all zero for an unlabelled item), e.g. `(metric, 1)` for a ratio"
+        raise NotImplementedError(f'{type(self).__name__} must define `item_stats`')
+    def value_of(self, stats:Tensor):
+        "The metric from `stats` summed over items (`(k,)`); `None` when no item was labelled. Default: `stats[0]/stats[1]`"
+        return float(stats[0]/stats[1]) if stats[1] else None
     def task_batch(self, learn) -> tuple:
         "Prediction and target of this task in `learn`'s last batch, detached plain tensors"
         return plain_tensor(learn.pred[self.i]).detach(),plain_tensor(learn.yb[self.i])
-    def accumulate(self, learn):
-        s,c = self.batch_sums(*self.task_batch(learn))
-        self.total += float(s); self.count += int(c)
+    def add(self, stats:Tensor):
+        "Add the summed statistics `(k,)` of some items"
+        stats = stats.detach().double().cpu()
+        self.stats = stats if self.stats is None else self.stats + stats
+    def accumulate(self, learn): self.add(self.item_stats(*self.task_batch(learn)).sum(0))
     @property
     def value(self):
-        "`total / count` over the labelled items seen since `reset`, `None` when there was none"
-        return self.total/self.count if self.count else None
+        "`value_of` the statistics of the labelled items seen since `reset`, `None` when there was none"
+        return None if self.stats is None else self.value_of(self.stats)
 
 # %% ../nbs/05_metrics.ipynb #12162374
 class TaskAccuracy(TaskMetric):
     "Accuracy of task `i` (class logits `(bs, n_classes)`) over its labelled samples: correct / labelled"
     suffix = 'acc'
-    def batch_sums(self, pred, targ):
+    def item_stats(self, pred, targ):
+        "`(right, labelled)` of each sample"
         m = targ != MISSING_LABEL
-        return ((pred.argmax(-1) == targ) & m).sum(),m.sum()
+        return torch.stack([(pred.argmax(-1) == targ) & m, m], -1).float()
 
 # %% ../nbs/05_metrics.ipynb #995d116e
 def confusion_matrix(pred:Tensor, targ:Tensor, n_codes:int, ignore_index:int=IGNORE_INDEX) -> Tensor:
@@ -55,6 +63,16 @@ def confusion_matrix(pred:Tensor, targ:Tensor, n_codes:int, ignore_index:int=IGN
         raise MTLDataError(f'mask codes must be in [0, {n_codes}) or {ignore_index} (ignored); found {t.min()} to {t.max()}')
     return torch.bincount(t*n_codes + p, minlength=n_codes*n_codes).reshape(n_codes, n_codes)
 
+def item_confusion(pred:Tensor, targ:Tensor, n_codes:int, ignore_index:int=IGNORE_INDEX) -> Tensor:
+    "`(bs, n_codes*n_codes)`: the flattened `confusion_matrix` of each mask of a batch (`pred`: codes `(bs, H, W)`)"
+    bs,n2 = targ.shape[0],n_codes*n_codes
+    m = targ != ignore_index
+    t,p = targ[m].long(),pred[m].long()
+    if t.numel() and (t.min() < 0 or t.max() >= n_codes):
+        raise MTLDataError(f'mask codes must be in [0, {n_codes}) or {ignore_index} (ignored); found {t.min()} to {t.max()}')
+    img = torch.arange(bs, device=targ.device).view(-1, *[1]*(targ.dim()-1)).expand_as(targ)[m]
+    return torch.bincount(img*n2 + t*n_codes + p, minlength=bs*n2).view(bs, n2)
+
 # %% ../nbs/05_metrics.ipynb #608afe55
 class TaskConfusion(TaskMetric):
     "Base of the segmentation metrics of task `i`: a confusion matrix over the labelled pixels of the validation set"
@@ -62,28 +80,34 @@ class TaskConfusion(TaskMetric):
         self.n_codes = n_codes
         super().__init__(i, task, name)
     def __repr__(self): return f'{type(self).__name__}({self.i}, n_codes={self.n_codes}, name={self.name!r})'
-    def reset(self): self.cm = None
-    def accumulate(self, learn):
-        pred,targ = self.task_batch(learn)
+    def item_stats(self, pred, targ):
+        "The flattened confusion matrix `(n_codes*n_codes,)` of each mask"
         n = ifnone(self.n_codes, pred.shape[1])
         if pred.shape[1] != n: raise ValueError(f'{self.name}: the prediction has {pred.shape[1]} codes, not {n}')
-        cm = confusion_matrix(pred.argmax(1), targ, n).cpu()
-        self.cm = cm if self.cm is None else self.cm + cm
+        return item_confusion(pred.argmax(1), targ, n)
+    @property
+    def cm(self) -> Tensor:
+        "The confusion matrix (target code x predicted code) of the labelled pixels seen since `reset`"
+        if self.stats is None: return None
+        n = math.isqrt(len(self.stats))
+        return self.stats.view(n, n)
     def code_score(self, inter:Tensor, n_targ:Tensor, n_pred:Tensor) -> Tensor:
         "Score of each code from its true positives `inter` and its pixel counts in the targets and predictions"
         raise NotImplementedError(f'{type(self).__name__} must define `code_score`')
-    @property
-    def per_code(self) -> Tensor:
-        "Score of each code, NaN for the codes in neither the labelled targets nor their predictions"
-        if self.cm is None: return None
-        cm = self.cm.double()
+    def per_code_of(self, stats:Tensor) -> Tensor:
+        "Score of each code from summed `stats`, NaN for the codes in neither the labelled targets nor their predictions"
+        n = math.isqrt(len(stats))
+        cm = stats.double().view(n, n)
         inter,n_targ,n_pred = cm.diag(),cm.sum(1),cm.sum(0)
         return torch.where(n_targ + n_pred > 0, self.code_score(inter, n_targ, n_pred), torch.nan)
     @property
-    def value(self):
-        "Mean of `per_code` over the codes that occur, `None` when no pixel was labelled"
-        if self.cm is None or self.cm.sum() == 0: return None
-        return self.per_code.nanmean().item()
+    def per_code(self) -> Tensor:
+        "Score of each code over the pixels seen since `reset` (see `per_code_of`)"
+        return None if self.stats is None else self.per_code_of(self.stats)
+    def value_of(self, stats):
+        "Mean of the codes' scores over the codes that occur, `None` when no pixel was labelled"
+        if stats.sum() == 0: return None
+        return self.per_code_of(stats).nanmean().item()
 
 class TaskMeanIoU(TaskConfusion):
     "Mean IoU (Jaccard index) over the codes of segmentation task `i`, over its labelled pixels"
@@ -99,10 +123,11 @@ class TaskDice(TaskConfusion):
 class TaskBoxIoU(TaskMetric):
     "Mean IoU of the predicted boxes `(bs, 4)` of task `i` with its labelled target boxes"
     suffix = 'iou'
-    def batch_sums(self, pred, targ):
+    def item_stats(self, pred, targ):
+        "`(IoU, labelled)` of each sample"
         m = has_box(targ)
         iou = box_iou_pairs(flat_boxes(pred).float(), flat_boxes(targ).float())
-        return torch.where(m, iou, 0.).sum(),m.sum()
+        return torch.stack([torch.where(m, iou, 0.), m.float()], -1)
 
 # %% ../nbs/05_metrics.ipynb #ae582e33
 class TaskLoss(TaskMetric):
@@ -115,4 +140,6 @@ class TaskLoss(TaskMetric):
             raise AttributeError(f'{self.name} needs a loss function recording `last_losses` and `last_counts` '
                                  f'(`MaskedMultiLoss`), not {type(lf).__name__}')
         n = int(lf.last_counts[self.i])
-        self.total += float(lf.last_losses[self.i])*n; self.count += n
+        self.add(torch.tensor([float(lf.last_losses[self.i])*n, n]))
+    def item_stats(self, pred, targ):
+        raise NotImplementedError(f'{self.name}: a loss is recorded per batch, not per item (see `MTLInterpretation` for per-item losses)')

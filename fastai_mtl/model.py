@@ -14,8 +14,8 @@ from .layers import *
 from .layers import _in_channels
 
 # %% auto #0
-__all__ = ['MultiTaskHead', 'PretrainedWeightsError', 'read_state_dict', 'load_weights', 'arch_meta', 'create_mtl_body',
-           'set_bn_momentum', 'check_bn_momentum', 'create_mtl_model', 'mtl_splitter']
+__all__ = ['MultiTaskHead', 'PretrainedWeightsError', 'read_state_dict', 'load_weights', 'arch_meta', 'set_bn_momentum',
+           'check_bn_momentum', 'create_mtl_body', 'head_options', 'create_mtl_model', 'mtl_splitter']
 
 # %% ../nbs/10_model.ipynb #11da1df6
 class MultiTaskHead(Module):
@@ -143,6 +143,27 @@ def _instantiate(arch, n_in, pretrained, weights, arch_kwargs):
     if 'pretrained' in ps: return arch(pretrained=pretrained, **arch_kwargs)
     return arch(**arch_kwargs)
 
+# %% ../nbs/10_model.ipynb #309f8d06
+def _batchnorms(m:nn.Module) -> list:
+    return [o for o in m.modules() if isinstance(o, nn.modules.batchnorm._BatchNorm) and o.track_running_stats]
+
+def set_bn_momentum(m:nn.Module, momentum:float=0.1) -> nn.Module:
+    "Set the `momentum` of every batchnorm layer of `m` (PyTorch's convention: the weight of each new batch's statistics)"
+    for o in _batchnorms(m): o.momentum = momentum
+    return m
+
+def check_bn_momentum(m:nn.Module, lo:float=0.05, hi:float=0.5) -> list:
+    "Warn when most batchnorm layers of `m` have a momentum outside `[lo, hi]` (e.g. TensorFlow-ported weights: 0.01); returns those momentums"
+    bns = _batchnorms(m)
+    odd = [o.momentum for o in bns if o.momentum is None or not lo <= o.momentum <= hi]
+    if bns and len(odd) > len(bns)/2:
+        vals = sorted({str(o) for o in odd})
+        warnings.warn(f"{len(odd)} of the {len(bns)} batchnorm layers of the body have momentum {', '.join(vals)}, far from "
+                      "PyTorch's 0.1 (weights ported from TensorFlow often keep its 0.99 decay, i.e. 0.01 here): the running "
+                      "statistics then follow your data slowly and validation results swing with the seed. Fix it with "
+                      "`set_bn_momentum(body, 0.1)` before `mtl_learner` (or on `learn.model`).")
+    return odd
+
 # %% ../nbs/10_model.ipynb #9ff83187
 def create_mtl_body(arch, n_in:int=3, pretrained:bool=True, cut=None, weights=None, arch_kwargs:dict=None) -> nn.Module:
     "Body of `arch` (torchvision/fastai builder, timm name or module), cut and adapted to `n_in` channels as fastai does"
@@ -167,37 +188,21 @@ def create_mtl_body(arch, n_in:int=3, pretrained:bool=True, cut=None, weights=No
     check_bn_momentum(body)
     return body
 
-# %% ../nbs/10_model.ipynb #309f8d06
-def _batchnorms(m:nn.Module) -> list:
-    return [o for o in m.modules() if isinstance(o, nn.modules.batchnorm._BatchNorm) and o.track_running_stats]
-
-def set_bn_momentum(m:nn.Module, momentum:float=0.1) -> nn.Module:
-    "Set the `momentum` of every batchnorm layer of `m` (PyTorch's convention: the weight of each new batch's statistics)"
-    for o in _batchnorms(m): o.momentum = momentum
-    return m
-
-def check_bn_momentum(m:nn.Module, lo:float=0.05, hi:float=0.5) -> list:
-    "Warn when most batchnorm layers of `m` have a momentum outside `[lo, hi]` (e.g. TensorFlow-ported weights: 0.01); returns those momentums"
-    bns = _batchnorms(m)
-    odd = [o.momentum for o in bns if o.momentum is None or not lo <= o.momentum <= hi]
-    if bns and len(odd) > len(bns)/2:
-        vals = sorted({str(o) for o in odd})
-        warnings.warn(f"{len(odd)} of the {len(bns)} batchnorm layers of the body have momentum {', '.join(vals)}, far from "
-                      "PyTorch's 0.1 (weights ported from TensorFlow often keep its 0.99 decay, i.e. 0.01 here): the running "
-                      "statistics then follow your data slowly and validation results swing with the seed. Fix it with "
-                      "`set_bn_momentum(body, 0.1)` before `mtl_learner` (or on `learn.model`).")
-    return odd
-
 # %% ../nbs/10_model.ipynb #28519b59
-_DECODERS = {None: {}, 'unet': dict(light=False), 'light': dict(light=True)}
+def head_options(decoder=None, **kwargs) -> dict:
+    "What every task's `create_head` gets besides `nf` and `features`: `kwargs`, and `decoder` (checked against `decoders`) when one is asked for"
+    if decoder is None: return kwargs
+    decoders.resolve(decoder)
+    return dict(decoder=decoder, **kwargs)
 
-def create_mtl_model(arch, tasks, n_in:int=3, pretrained:bool=True, cut=None, img_size=(128,128), decoder:str=None,
+def create_mtl_model(arch, tasks, n_in:int=3, pretrained:bool=True, cut=None, img_size=(128,128),
+                     decoder=None, # every segmentation task's decoder ('unet', 'dynamic', 'light' or a callable); None: each task's own
                      weights=None, arch_kwargs:dict=None, **kwargs) -> nn.Sequential:
-    "`nn.Sequential(body, MultiTaskHead)`: the body of `arch` and one head per task, U-Net decoders with skip connections"
-    if decoder not in _DECODERS: raise ValueError(f'decoder must be one of {list(_DECODERS)}, got {decoder!r}')
+    "`nn.Sequential(body, MultiTaskHead)`: the body of `arch` and one head per task, decoders reading the body's skip connections"
+    kw = head_options(decoder, **kwargs)
     body = create_mtl_body(arch, n_in, pretrained, cut, weights, arch_kwargs)
     features = EncoderFeatures(body, img_size)
-    model = nn.Sequential(body, MultiTaskHead(tasks, features.nf, features, **_DECODERS[decoder], **kwargs))
+    model = nn.Sequential(body, MultiTaskHead(tasks, features.nf, features, **kw))
     model.arch_meta = arch_meta(arch)
     return model
 

@@ -47,9 +47,11 @@ class SegmentationTask(_ColTask):
     "A mask per image (column `col`: path relative to the images' `path`), with class `codes`"
     kind, sentinel = 'seg', IGNORE_INDEX
     def __init__(self, col:str, codes:list, code_map:dict=None, name:str=None, weight:float=None, loss_func=None,
-                 light:bool=False, **head_kwargs):
+                 decoder='unet', # a name in `decoders` ('unet', 'dynamic', 'light') or a callable `decoder(features, n_out, **head_kwargs)`
+                 **head_kwargs):
         super().__init__(col, name, weight, loss_func, **head_kwargs)
-        self.codes, self.code_map, self.light = list(codes), code_map, light
+        decoders.resolve(decoder)   # an unknown name fails here, not when the model is built
+        self.codes, self.code_map, self.decoder = list(codes), code_map, decoder
         if len(self.codes) > IGNORE_INDEX: raise ValueError(f'at most {IGNORE_INDEX} codes, got {len(self.codes)}')
 
     def default_loss(self): return SegmentationLoss()
@@ -68,11 +70,11 @@ class SegmentationTask(_ColTask):
     def has_target(self, targ): return (targ != IGNORE_INDEX).flatten(1).any(1)
     @property
     def n_out(self): return len(self.codes)
-    def create_head(self, nf, features=None, light:bool=None, img_size=None, **kwargs):
-        "A `UnetDecoder` on the encoder `features` (`light` for small CPU runs); without features, a `LightSegHead`"
+    def create_head(self, nf, features=None, img_size=None, decoder=None, **kwargs):
+        "The task's `decoder` (or the one given, e.g. by `mtl_learner(decoder=)`) on the encoder `features`; without features, a `LightSegHead`"
         kw = {**self.head_kwargs, **kwargs}
         if features is None: return LightSegHead(nf, self.n_out, img_size=img_size, **kw)
-        return UnetDecoder(features, self.n_out, light=ifnone(light, self.light), **kw)
+        return decoders.resolve(ifnone(decoder, self.decoder))(features, self.n_out, **kw)
     def metrics(self, i):
         return [TaskMeanIoU(i, self.n_out, task=self.name), TaskDice(i, self.n_out, task=self.name)]
     def constant_pred(self, targ):
@@ -131,7 +133,7 @@ class ClassificationTask(_ColTask):
     def n_out(self):
         if self.vocab is None: raise MTLDataError(f'{self!r} has no vocab yet: build the DataLoaders first, or pass `vocab=`')
         return len(self.vocab)
-    def create_head(self, nf, features=None, light=None, img_size=None, **kwargs):
+    def create_head(self, nf, features=None, img_size=None, decoder=None, **kwargs):
         "fastai's `create_head` (pooling, batchnorm, dropout, linear); segmentation options are ignored"
         return ClassificationHead(nf, self.n_out, **{**self.head_kwargs, **kwargs})
     def metrics(self, i): return [TaskAccuracy(i, task=self.name)]
@@ -186,7 +188,7 @@ class BoxTask(_ColTask):
     def has_target(self, targ): return has_box(targ)
     @property
     def n_out(self): return 4
-    def create_head(self, nf, features=None, light=None, img_size=None, **kwargs):
+    def create_head(self, nf, features=None, img_size=None, decoder=None, **kwargs):
         "A `BoxHead` (by default) on the body's output and deepest skip connection, starting at `mean_box`; segmentation options are ignored"
         return self.head(nf, features, mean_box=self.mean_box, **{**self.head_kwargs, **kwargs})
     def metrics(self, i): return [TaskBoxIoU(i, task=self.name)]

@@ -160,7 +160,7 @@ def test_splitter_groups():
 def test_decoder_option_and_errors():
     m = create_cross_stitch_model(small_body(), make_tasks(), img_size=32, decoder='light')
     assert m.heads.heads[0].light and isinstance(m.heads, MultiTaskHead)
-    with pytest.raises(ValueError, match='decoder must be'): create_cross_stitch_model(small_body(), make_tasks(), decoder='x')
+    with pytest.raises(ValueError, match="unknown decoder"): create_cross_stitch_model(small_body(), make_tasks(), decoder='x')
     body = small_body()
     with pytest.raises(ValueError, match='same architecture'):
         CrossStitchModel([body, nn.Sequential(ConvLayer(3, 8, stride=2), ConvLayer(8, 16, stride=2))], make_tasks()[:2], 32)

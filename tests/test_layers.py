@@ -76,23 +76,35 @@ def test_feature_hook_copies_empty():
         m2(x)
         assert torch.equal(m2.f.input, x) and not torch.equal(m.f.input, x)
 
-@pytest.mark.parametrize('light', [False, True])
+DECODERS = ['unet', 'dynamic', 'light']
+
+@pytest.mark.parametrize('decoder', DECODERS)
 @pytest.mark.parametrize('size', [(32, 32), (40, 24), (37, 53)])
-def test_unet_decoder_output_size(light, size):
-    b = stages(); dec = UnetDecoder(EncoderFeatures(b), 5, light=light)
+def test_decoder_output_size(decoder, size):
+    b = stages(); dec = decoders[decoder](EncoderFeatures(b), 5)
     x = torch.randn(2, 3, *size)
     assert dec(b(x)).shape == (2, 5, *size)
 
-def test_unet_decoder_resnet_odd_size(r18):
+def test_decoder_resnet_odd_size(r18):
     f = EncoderFeatures(r18)
-    for light in (False, True):
-        dec = UnetDecoder(f, 3, light=light)
+    for d in DECODERS:
+        dec = decoders[d](f, 3)
         assert dec(r18(torch.randn(2, 3, 72, 56))).shape == (2, 3, 72, 56)
     f.remove()
 
-def test_unet_decoder_matches_dynamic_unet(r18):
+def test_decoder_registry():
+    assert decoders.keys() == DECODERS and decoders['unet'] is UnetDecoder and decoders['dynamic'] is DynamicUnetDecoder
+    with pytest.raises(ValueError, match="unknown decoder 'tiny': use one of"): decoders['tiny']
+
+def test_unet_decoder_is_smp_sized(r18):
+    "The classic decoder has segmentation_models_pytorch's Unet decoder + head parameter count (read from smp 0.6)"
     f = EncoderFeatures(r18)
-    dec, light = UnetDecoder(f, 5), UnetDecoder(f, 5, light=True)
+    assert total_params(UnetDecoder(f, 5))[0] == 14_328_789 - 11_176_512
+    f.remove()
+
+def test_dynamic_decoder_matches_dynamic_unet(r18):
+    f = EncoderFeatures(r18)
+    dec, light = DynamicUnetDecoder(f, 5), DynamicUnetDecoder(f, 5, light=True)
     unet = DynamicUnet(create_body(resnet18(), pretrained=False), 5, (64, 64))
     assert total_params(dec)[0] == total_params(unet)[0] - total_params(r18)[0]
     assert total_params(dec)[0] > 40*total_params(light)[0]
@@ -101,31 +113,30 @@ def test_unet_decoder_matches_dynamic_unet(r18):
 
 @pytest.mark.parametrize('kw', [dict(last_cross=False), dict(bottle=True), dict(self_attention=True, blur=True),
                                 dict(y_range=(0, 1)), dict(light=True, width=8)])
-def test_unet_decoder_options(kw):
-    b = stages(); dec = UnetDecoder(EncoderFeatures(b), 2, **kw)
+def test_dynamic_decoder_options(kw):
+    b = stages(); dec = DynamicUnetDecoder(EncoderFeatures(b), 2, **kw)
     y = dec(b(torch.randn(2, 3, 40, 24)))
     assert y.shape == (2, 2, 40, 24)
     if 'y_range' in kw: assert y.min() >= 0 and y.max() <= 1
 
-def test_unet_decoder_up_path_when_first_skip_is_coarse():
+def test_decoder_up_path_when_first_skip_is_coarse():
     b = nn.Sequential(ConvLayer(3, 8, stride=4), ConvLayer(8, 16, stride=2))   # first feature map at 1/4
     f = EncoderFeatures(b)
     assert f.reductions == [4]
-    for light in (False, True):
-        assert UnetDecoder(f, 2, light=light)(b(torch.randn(2, 3, 36, 20))).shape == (2, 2, 36, 20)
+    for d in DECODERS:
+        assert decoders[d](f, 2)(b(torch.randn(2, 3, 36, 20))).shape == (2, 2, 36, 20)
 
-@pytest.mark.parametrize('light', [False, True])
-def test_gradient_reaches_encoder_through_skips(light):
-    b = stages(); dec = UnetDecoder(EncoderFeatures(b), 2, light=light)
+@pytest.mark.parametrize('decoder', DECODERS)
+def test_gradient_reaches_encoder_through_skips(decoder):
+    b = stages(); dec = decoders[decoder](EncoderFeatures(b), 2)
     dec(b(torch.randn(2, 3, 32, 32)).detach()).mean().backward()   # only the skips lead back to the body
     assert b[0][0].weight.grad.abs().sum() > 0 and b[1][0].weight.grad.abs().sum() > 0
     assert b[3][0].weight.grad is None
 
-def test_decoder_needs_the_body_first():
-    b = stages(); f = EncoderFeatures(b); dec = UnetDecoder(f, 2)
+@pytest.mark.parametrize('decoder', DECODERS)
+def test_decoder_needs_the_body_first(decoder):
+    b = stages(); f = EncoderFeatures(b); dec = decoders[decoder](f, 2)
     with pytest.raises(RuntimeError, match='run the body'): dec(torch.randn(2, 32, 4, 4))
-    b(torch.randn(2, 3, 32, 32))
-    with pytest.raises(RuntimeError, match='run the body'): dec(torch.randn(3, 32, 4, 4))   # another batch
 
 def test_light_seg_head():
     x = torch.randn(2, 512, 3, 2)

@@ -14,8 +14,8 @@ class Seg(Task):
     def __init__(self, n=3): super().__init__(); self.n = n
     @property
     def n_out(self): return self.n
-    def create_head(self, nf, features=None, light=False, img_size=None, **kwargs):
-        return UnetDecoder(features, self.n, light=light) if features is not None else LightSegHead(nf, self.n, img_size=img_size)
+    def create_head(self, nf, features=None, img_size=None, decoder='unet', **kwargs):
+        return decoders[decoder](features, self.n) if features is not None else LightSegHead(nf, self.n, img_size=img_size)
 
 class Cls(Task):
     kind = 'cls'
@@ -46,15 +46,15 @@ def r18_light():
 def test_resnet18_both_decoders_odd_size(r18_light):
     assert shapes(r18_light, torch.randn(2, 3, 72, 56)) == expected(2, 72, 56)
     full = create_mtl_model(resnet18, TASKS, pretrained=False, img_size=64)
-    assert isinstance(full[1].heads[0], UnetDecoder) and not full[1].heads[0].light and r18_light[1].heads[0].light
+    assert isinstance(full[1].heads[0], UnetDecoder) and r18_light[1].heads[0].light
     assert shapes(full, torch.randn(2, 3, 40, 24)) == expected(2, 40, 24)
     outs = full(torch.randn(2, 3, 32, 32))
     assert all(isinstance(o, torch.Tensor) for o in outs) and type(outs[0]).__name__ == 'TensorBase'
 
 def test_default_decoder_left_to_tasks():
     m = create_mtl_model(net(), TASKS, cut=-3, img_size=32)
-    assert not m[1].heads[0].light
-    with pytest.raises(ValueError, match='decoder must be'): create_mtl_model(net(), TASKS, cut=-3, decoder='fancy')
+    assert isinstance(m[1].heads[0], UnetDecoder)
+    with pytest.raises(ValueError, match="unknown decoder 'fancy'"): create_mtl_model(net(), TASKS, cut=-3, decoder='fancy')
 
 @pytest.mark.parametrize('arch', ['resnet18', 'convnext_atto'])
 def test_timm_by_name(arch):
@@ -124,14 +124,14 @@ def test_kwargs_reach_every_task():
     class Spy(Cls):
         def create_head(self, nf, features=None, **kwargs): seen.append((nf, features, kwargs)); return super().create_head(nf)
     m = create_mtl_model(net(), [Spy(), Spy()], cut=-3, img_size=32, decoder='light', foo=1)
-    assert [s[2] for s in seen] == [dict(light=True, foo=1)]*2 and seen[0][1] is m[1].features and seen[0][0] == 32
+    assert [s[2] for s in seen] == [dict(decoder='light', foo=1)]*2 and seen[0][1] is m[1].features and seen[0][0] == 32
 
 # --- copies -------------------------------------------------------------------------------------------------
 def _roundtrips(m):
     buf = io.BytesIO(); torch.save(m, buf); buf.seek(0)
     return [copy.deepcopy(m), pickle.loads(pickle.dumps(m)), torch.load(buf, weights_only=False)]
 
-@pytest.mark.parametrize('decoder', ['unet', 'light'])
+@pytest.mark.parametrize('decoder', ['unet', 'dynamic', 'light'])
 def test_copies_use_their_own_hooks(decoder):
     torch.manual_seed(0)
     m = create_mtl_model(net(), TASKS, cut=-3, img_size=32, decoder=decoder)
@@ -150,8 +150,9 @@ def test_copies_use_their_own_hooks(decoder):
         dec = c[1].heads[0]
         assert dec.features is c[1].features and torch.equal(c[1].features.input, y) and m[1].features.input is x
         stored = c[1].features.stored
-        hooks = [b.hook.src if decoder == 'light' else b.hook for b in dec.blocks]
-        assert [h.stored for h in hooks][::-1] == stored
+        if decoder != 'unet':   # the fastai design's blocks hold the hooks themselves
+            hooks = [b.hook.src if decoder == 'light' else b.hook for b in dec.blocks]
+            assert [h.stored for h in hooks][::-1] == stored
         for p_c, p_m in zip(c.parameters(), m.parameters()): assert p_c is not p_m
 
 def test_resnet_roundtrip(r18_light):
