@@ -18,8 +18,8 @@ __all__ = ['alternation_modes', 'Alternation', 'EpochAlternation', 'BatchAlterna
 
 # %% ../nbs/13_alternation.ipynb #2392a45c
 class Alternation:
-    "How tasks take turns: the `Sampler` drawing training batches, and which batches end with an optimiser step"
-    def sampler(self) -> Sampler:
+    "How tasks take turns: the `MTLSampler` drawing training batches, and which batches end with an optimiser step"
+    def sampler(self) -> MTLSampler:
         "A new sampler for the training DataLoader"
         raise NotImplementedError
     def before_train(self, cb):

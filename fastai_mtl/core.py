@@ -27,8 +27,8 @@ def check_install():
 check_install()
 
 # %% auto #0
-__all__ = ['IGNORE_INDEX', 'MISSING_LABEL', 'MISSING_COORD', 'check_install', 'is_missing', 'missing_mask', 'MTLDataError',
-           'row_desc', 'Task', 'Registry']
+__all__ = ['IGNORE_INDEX', 'MISSING_LABEL', 'MISSING_COORD', 'check_install', 'is_missing', 'missing_mask', 'is_sentinel',
+           'MTLDataError', 'row_desc', 'Task', 'Registry']
 
 # %% ../nbs/00_core.ipynb #4fdccb49
 # fastai calls `torch.jit.script` at import time, which recent torch deprecates: not our users' concern
@@ -54,6 +54,11 @@ def missing_mask(ser:pd.Series) -> pd.Series:
     "Boolean Series: which cells of `ser` are missing (see `is_missing`)"
     return ser.map(is_missing).astype(bool)
 
+def is_sentinel(targ:Tensor, sentinel) -> Tensor:
+    "Boolean, elementwise: which values of `targ` are `sentinel` (NaN compares as NaN)"
+    if isinstance(sentinel, float) and math.isnan(sentinel): return torch.isnan(targ)
+    return targ == sentinel
+
 # %% ../nbs/00_core.ipynb #81b4f1ad
 class MTLDataError(ValueError):
     "Bad input data (a file, a DataFrame row or a value), with a message naming where it is"
@@ -69,8 +74,9 @@ def row_desc(row, cols=None) -> str:
 # %% ../nbs/00_core.ipynb #b94a5f81
 class Task:
     "One target of a multi-task model: how to load, check, model, score, decode and show it"
-    kind = 'task'      # short name of the kind of target, used in default metric names
-    sentinel = None    # value a sample without this target carries in a batch
+    kind = 'task'      # short name of the kind of target: the task's name when none is given (and so its metrics' prefix)
+    sentinel = None    # value every element of a missing target holds in a batch (`labelled_items`, `missing_like`)
+    item_dims = 0      # trailing dimensions of a batch of targets that make up one item (a box: its 4 coordinates)
     default_weight = 1.
     def __init__(self, name:str=None, weight:float=None):
         self.name = ifnone(name, self.kind)
@@ -102,9 +108,16 @@ class Task:
         return self
 
     # --- batches -----------------------------------------------------------------------------------------------
+    def labelled_items(self, targ:Tensor) -> Tensor:
+        "Boolean: which items of the batch of targets `targ` are labelled (labels, pixels, boxes): not the `sentinel`. The one rule losses, metrics and `has_target` use"
+        if self.sentinel is None: raise NotImplementedError(f'{type(self).__name__} must define `sentinel` or `labelled_items`')
+        m = ~is_sentinel(targ, self.sentinel)
+        for _ in range(self.item_dims): m = m.all(-1)
+        return m
     def has_target(self, targ:Tensor) -> Tensor:
-        "Boolean `(bs,)`: which samples of a batch carry this target"
-        raise NotImplementedError(f'{type(self).__name__} must define `has_target`')
+        "Boolean `(bs,)`: which samples of a batch carry this target (any labelled item)"
+        m = self.labelled_items(targ)
+        return m.flatten(1).any(1) if m.dim() > 1 else m
     def missing_like(self, targ:Tensor) -> Tensor:
         "Targets shaped like the batch `targ` with none labelled: every value the `sentinel`"
         if self.sentinel is None: raise NotImplementedError(f'{type(self).__name__} must define `sentinel` or `missing_like`')

@@ -13,18 +13,31 @@ from .loader import *
 from .tasks import *
 
 # %% auto #0
-__all__ = ['samplers', 'check_mtl_df', 'mtl_datablock', 'shortcut_tasks', 'MTLDataLoaders']
+__all__ = ['check_task', 'check_mtl_df', 'mtl_datablock', 'shortcut_tasks', 'MTLDataLoaders']
 
 # %% ../nbs/09_data.ipynb #199d03a7
+def check_task(t):
+    "Raise `MTLDataError` naming what a `Task` lacks to be used: its class, `name`, `cols`, `getter` and `block`"
+    if not isinstance(t, Task): raise MTLDataError(f'{t!r} is not a `Task` (fastai_mtl.core): subclass `Task` to describe a target')
+    what = f'{type(t).__name__} {getattr(t, "name", "?")!r}'
+    if not isinstance(getattr(t, 'name', None), str) or not t.name: raise MTLDataError(f'{what}: `name` must be a non-empty string')
+    try: cols, blk = list(t.cols), t.block
+    except NotImplementedError as e: raise MTLDataError(f'{what}: {e}') from None
+    if not all(isinstance(c, str) for c in cols): raise MTLDataError(f'{what}: `cols` must be column names, got {cols}')
+    if not isinstance(blk, TransformBlock):
+        raise MTLDataError(f'{what}: `block` must be a fastai `TransformBlock`, got {type(blk).__name__}')
+    if type(t).getter is Task.getter: raise MTLDataError(f'{what}: must define `getter`')
+
 def check_mtl_df(df:pd.DataFrame, path, fn_col:str, tasks:list):
     "Raise `MTLDataError` naming the rows of `df` that cannot be used with `tasks` (images under `path`)"
     if not isinstance(df, pd.DataFrame): raise MTLDataError(f'expected a pandas DataFrame, got {type(df).__name__}')
     if not len(df): raise MTLDataError('the DataFrame is empty')
     if fn_col not in df.columns: raise MTLDataError(f'image column {fn_col!r} not in the DataFrame (columns: {list(df.columns)})')
     if not df.index.is_unique: raise MTLDataError('the DataFrame index has duplicates: use `df.reset_index(drop=True)`')
+    if not tasks: raise MTLDataError('no task given')
+    for t in tasks: check_task(t)
     names = [t.name for t in tasks]
     if len(set(names)) != len(names): raise MTLDataError(f'task names must be unique, got {names}: pass `name=`')
-    if not tasks: raise MTLDataError('no task given')
     miss = missing_mask(df[fn_col])
     if miss.any(): raise MTLDataError(f'{int(miss.sum())} row(s) have no image file name in {fn_col!r}: '
                                       + '; '.join(row_desc(df.loc[r], [fn_col]) for r in df.index[miss][:5]))
@@ -42,15 +55,6 @@ def mtl_datablock(tasks:list, path='.', fn_col:str='fn', splitter=None, item_tfm
                      splitter=splitter, item_tfms=item_tfms, batch_tfms=batch_tfms)
 
 # %% ../nbs/09_data.ipynb #eefd6688
-samplers = dict(mixed=MixedSampler, task=TaskBatchSampler, epoch=TaskEpochSampler, balanced=BalancedSampler)
-
-def _sampler(s):
-    "A `Sampler` from an instance, a class, or a name in `samplers`"
-    if s is None or isinstance(s, Sampler): return s
-    if isinstance(s, type) and issubclass(s, Sampler): return s()
-    if s in samplers: return samplers[s]()
-    raise ValueError(f'unknown sampler {s!r}: use a `Sampler` or one of {list(samplers)}')
-
 def shortcut_tasks(mask_col=None, codes=None, label_col=None, box_cols=None, code_map=None) -> list:
     "Tasks for the common case: a mask column with `codes`, label column(s), box columns"
     tasks = []
@@ -76,7 +80,7 @@ class MTLDataLoaders(DataLoaders):
                 item_tfms:list=None, # default: `Resize(size, method='squish')` when `size` is given
                 batch_tfms:list=None, bs:int=64,
                 img_cls=PILImage, # the image type: `PILImageBW` for single-channel images (with `n_in=1` in the learner)
-                sampler:Sampler|str='balanced', # how training batches are drawn: a `Sampler`, 'balanced', 'mixed', 'task', 'epoch'; None: fastai's shuffling
+                sampler:MTLSampler|str='balanced', # how training batches are drawn: a `MTLSampler`, 'balanced', 'mixed', 'task', 'epoch'; None: fastai's shuffling
                 mask_col:str=None, codes:list=None, label_col:str|list=None, box_cols:list=None, code_map:dict=None, # shortcut for `tasks`
                 **kwargs):
         "Build from `df` (a row per image, paths relative to `path`); empty cells are missing targets"
@@ -89,7 +93,8 @@ class MTLDataLoaders(DataLoaders):
         splits = splitter(df)
         if item_tfms is None and size is not None: item_tfms = Resize(size, method=ResizeMethod.Squish)
         dblock = mtl_datablock(tasks, path, fn_col, lambda _: splits, item_tfms, batch_tfms, img_cls=img_cls)
-        try: dls = dblock.dataloaders(df, path=path, bs=bs, dl_kwargs=[{'sampler': _sampler(sampler)}, {'sampler': None}], **kwargs)
+        dl_kwargs = [{'sampler': sampler, 'tasks': tasks}, {'sampler': None, 'tasks': tasks}]
+        try: dls = dblock.dataloaders(df, path=path, bs=bs, dl_kwargs=dl_kwargs, **kwargs)
         except MTLDataError as e:
             if str(e).startswith('sample '): raise
             # fastai loads the first training sample to learn the types: name it

@@ -10,12 +10,14 @@ from fastai.vision.all import *
 from .core import *
 
 # %% auto #0
-__all__ = ['Sampler', 'PoolStream', 'MixedSampler', 'TaskBatchSampler', 'TaskEpochSampler', 'BalancedSampler', 'MTLDataLoader',
-           'show_mtl_sample']
+__all__ = ['samplers', 'MTLSampler', 'PoolStream', 'MixedSampler', 'TaskBatchSampler', 'TaskEpochSampler', 'BalancedSampler',
+           'MTLDataLoader', 'show_mtl_sample']
 
 # %% ../nbs/07_loader.ipynb #b3b2edfa
-class Sampler:
-    "How a training `MTLDataLoader` draws the sample indices of one epoch (batches of exactly `dl.bs`)"
+samplers = Registry('sampler')
+
+class MTLSampler:
+    "How a training `MTLDataLoader` draws the sample indices of one epoch (batches of exactly `dl.bs`); registered in `samplers`"
     batch_tasks = None  # after `get_idxs`: the task index each batch was drawn for (None: mixed batches)
     def n_batches(self, dl) -> int:
         "Number of batches in the coming epoch"
@@ -50,7 +52,8 @@ def _n_full(n:int, bs:int, drop_last:bool=True) -> int:
     return n//bs if drop_last else math.ceil(n/bs)
 
 # %% ../nbs/07_loader.ipynb #eee28c16
-class MixedSampler(Sampler):
+@samplers.register('mixed')
+class MixedSampler(MTLSampler):
     "Random mixed batches: each training sample once per epoch, in random order"
     def n_batches(self, dl): return _n_full(dl.labelled.shape[1], dl.bs, dl.drop_last)
     def get_idxs(self, dl):
@@ -59,7 +62,8 @@ class MixedSampler(Sampler):
         return dl.rng.sample(range(n), n)[:self.n_batches(dl)*dl.bs]
 
 # %% ../nbs/07_loader.ipynb #71280847
-class TaskBatchSampler(Sampler):
+@samplers.register('task')
+class TaskBatchSampler(MTLSampler):
     "Task-homogeneous batches, tasks in turn: each batch only holds samples carrying that task's target"
     _repr_args = ('tasks', 'epoch')
     def __init__(self, tasks=None, epoch:str|int='max'):
@@ -101,7 +105,8 @@ def _task_idx(dl, t) -> int:
     return names.index(name)
 
 # %% ../nbs/07_loader.ipynb #90474ff1
-class TaskEpochSampler(Sampler):
+@samplers.register('epoch')
+class TaskEpochSampler(MTLSampler):
     "Each epoch draws only the samples carrying one task's target (`task`, or the next task in turn)"
     _repr_args = ('tasks', 'task')
     def __init__(self, tasks=None, task=None): store_attr(); self.n_drawn = 0
@@ -121,7 +126,8 @@ class TaskEpochSampler(Sampler):
         return idxs
 
 # %% ../nbs/07_loader.ipynb #f9d279cc
-class BalancedSampler(Sampler):
+@samplers.register('balanced')
+class BalancedSampler(MTLSampler):
     "Mixed batches: every sample once per epoch, plus `ceil(min_share*bs)` reserved slots per batch for each rare task (labelled on fewer than `min_share` of the samples)"
     _repr_args = ('min_share', 'max_reserved')
     def __init__(self,
@@ -181,13 +187,18 @@ class BalancedSampler(Sampler):
 
 # %% ../nbs/07_loader.ipynb #43d36a13
 class MTLDataLoader(TfmdDL):
-    "`TfmdDL` for `(image, target_1, ...)` samples: an optional `sampler`, errors naming the row, per-task display"
-    def __init__(self, dataset=None, sampler:Sampler=None, **kwargs):
-        self.sampler = sampler
+    "`TfmdDL` for `(image, target_1, ...)` samples of the declared `tasks`: an optional `sampler`, errors naming the row, per-task display"
+    def __init__(self, dataset=None,
+                 sampler:MTLSampler|str=None, # how training batches are drawn: an `MTLSampler` or a name in `samplers`
+                 tasks:list=None, # the `Task` of each target, in order (None: found on the targets' transforms)
+                 **kwargs):
+        self.sampler = samplers.create(sampler) if sampler is not None else None
+        self._tasks = None if tasks is None else L(tasks)
         super().__init__(dataset, **kwargs)
 
     def new(self, dataset=None, cls=None, **kwargs):
         kwargs.setdefault('sampler', self.sampler)
+        kwargs.setdefault('tasks', self._tasks)
         return super().new(dataset, cls, **kwargs)
 
     @property
@@ -200,11 +211,16 @@ class MTLDataLoader(TfmdDL):
 
     @property
     def tasks(self) -> L:
-        "The `Task` of each target, read from the target pipelines' transforms"
+        "The `Task` of each target: as declared (`MTLDataLoaders.from_df`), else from the `task` of each target pipeline's transforms"
+        if self._tasks is not None: return self._tasks
         tls = getattr(self.dataset, 'tls', [])
         n_inp = getattr(self.dataset, 'n_inp', 1)
-        found = (first((getattr(f, 'task', None) for f in tl.tfms.fs), lambda o: o is not None) for tl in tls[n_inp:])
-        return L(o for o in found if o is not None)
+        found = [first((getattr(f, 'task', None) for f in tl.tfms.fs), lambda o: o is not None) for tl in tls[n_inp:]]
+        if missing := [i for i,o in enumerate(found) if o is None]:
+            raise MTLDataError(f'target(s) {missing} of the samples have no `Task`: build the DataLoaders with '
+                               '`MTLDataLoaders.from_df(tasks=...)` (or `MTLDataLoader(tasks=...)`), or give a transform of '
+                               "each target's pipeline a `task` attribute")
+        return L(found)
 
     @property
     def items(self):

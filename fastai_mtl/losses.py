@@ -36,9 +36,10 @@ class MaskedLoss:
     def masked_loss(self, pred:Tensor, targ:Tensor, m:Tensor, n:Tensor) -> Tensor:
         "Mean loss over the items where `m` (`n` of them), exactly 0 and connected to `pred` when `n == 0`"
         raise NotImplementedError(f'{type(self).__name__} must define `masked_loss`')
-    def __call__(self, pred:Tensor, targ:Tensor):
+    def __call__(self, pred:Tensor, targ:Tensor, labelled:Tensor=None):
+        "`(loss, n)`; `labelled` (the task's `labelled_items`) replaces the loss's own rule when given"
         pred,targ = plain_tensor(pred),plain_tensor(targ)
-        m = self.labelled(targ)
+        m = self.labelled(targ) if labelled is None else plain_tensor(labelled)
         n = m.sum()
         return self.masked_loss(pred, targ, m, n), n
     def __repr__(self): return basic_repr(list(inspect.signature(type(self).__init__).parameters)[1:])(self)
@@ -117,7 +118,7 @@ class BoxLoss(MaskedLoss):
         "Loss of each pair of boxes `(bs, 4)`, `(bs, 4)`"
         raise NotImplementedError(f'{type(self).__name__} must define `box_loss`')
     def masked_loss(self, pred, targ, m, n):
-        pred,targ = flat_boxes(pred).float(),flat_boxes(targ).float()   # float32 also under mixed precision
+        pred,targ,m = flat_boxes(pred).float(),flat_boxes(targ).float(),m.reshape(-1)   # float32 also under mixed precision
         targ = torch.where(m[:, None], targ, tensor([-1., -1., 1., 1.]).to(targ))
         if self.order_corners: pred = sort_corners(pred)
         return masked_mean(self.box_loss(pred, targ), m)

@@ -19,13 +19,20 @@ __all__ = ['TaskMetric', 'TaskAccuracy', 'confusion_matrix', 'item_confusion', '
 class TaskMetric(Metric):
     "Base of the per-task metrics: `value_of` the sum of every item's `item_stats` over the labelled items of task `i` in the whole validation set"
     suffix = 'metric'
-    def __init__(self, i:int, task:str=None, name:str=None):
-        self.i,self.task,self._name = i,ifnone(task, f'task{i}'),name
+    def __init__(self, i:int, task:str=None, name:str=None,
+                 labelled=None): # the task's rule for labelled items (`Task.labelled_items`); default: the standard sentinel's
+        self.i,self.task,self._name,self.labelled = i,ifnone(task, f'task{i}'),name,labelled
         self.reset()
     @property
     def name(self): return ifnone(self._name, f'{self.task}_{self.suffix}')
     def __repr__(self): return f'{type(self).__name__}({self.i}, name={self.name!r})'
     def reset(self): self.stats = None
+    def default_labelled(self, targ:Tensor) -> Tensor:
+        "Which items of `targ` are labelled, when no `labelled` rule was given"
+        raise NotImplementedError(f'{type(self).__name__} must define `default_labelled` or be given `labelled`')
+    def is_labelled(self, targ:Tensor) -> Tensor:
+        "Which items of `targ` are labelled: the task's rule (`labelled`) or the metric's default"
+        return plain_tensor(self.labelled(targ)) if self.labelled is not None else self.default_labelled(targ)
     def item_stats(self, pred:Tensor, targ:Tensor) -> Tensor:
         "`(bs, k)` statistics of each item of a batch (all zero for an unlabelled item), e.g. `(metric, 1)` for a ratio"
         raise NotImplementedError(f'{type(self).__name__} must define `item_stats`')
@@ -49,9 +56,10 @@ class TaskMetric(Metric):
 class TaskAccuracy(TaskMetric):
     "Accuracy of task `i` (class logits `(bs, n_classes)`) over its labelled samples: correct / labelled"
     suffix = 'acc'
+    def default_labelled(self, targ): return targ != MISSING_LABEL
     def item_stats(self, pred, targ):
         "`(right, labelled)` of each sample"
-        m = targ != MISSING_LABEL
+        m = self.is_labelled(targ)
         return torch.stack([(pred.argmax(-1) == targ) & m, m], -1).float()
 
 # %% ../nbs/05_metrics.ipynb #995d116e
@@ -63,10 +71,10 @@ def confusion_matrix(pred:Tensor, targ:Tensor, n_codes:int, ignore_index:int=IGN
         raise MTLDataError(f'mask codes must be in [0, {n_codes}) or {ignore_index} (ignored); found {t.min()} to {t.max()}')
     return torch.bincount(t*n_codes + p, minlength=n_codes*n_codes).reshape(n_codes, n_codes)
 
-def item_confusion(pred:Tensor, targ:Tensor, n_codes:int, ignore_index:int=IGNORE_INDEX) -> Tensor:
-    "`(bs, n_codes*n_codes)`: the flattened `confusion_matrix` of each mask of a batch (`pred`: codes `(bs, H, W)`)"
+def item_confusion(pred:Tensor, targ:Tensor, n_codes:int, ignore_index:int=IGNORE_INDEX, labelled:Tensor=None) -> Tensor:
+    "`(bs, n_codes*n_codes)`: the flattened `confusion_matrix` of each mask of a batch (`pred`: codes `(bs, H, W)`) over the `labelled` pixels (default: not `ignore_index`)"
     bs,n2 = targ.shape[0],n_codes*n_codes
-    m = targ != ignore_index
+    m = targ != ignore_index if labelled is None else labelled
     t,p = targ[m].long(),pred[m].long()
     if t.numel() and (t.min() < 0 or t.max() >= n_codes):
         raise MTLDataError(f'mask codes must be in [0, {n_codes}) or {ignore_index} (ignored); found {t.min()} to {t.max()}')
@@ -76,15 +84,16 @@ def item_confusion(pred:Tensor, targ:Tensor, n_codes:int, ignore_index:int=IGNOR
 # %% ../nbs/05_metrics.ipynb #608afe55
 class TaskConfusion(TaskMetric):
     "Base of the segmentation metrics of task `i`: a confusion matrix over the labelled pixels of the validation set"
-    def __init__(self, i:int, n_codes:int=None, task:str=None, name:str=None):
+    def __init__(self, i:int, n_codes:int=None, task:str=None, name:str=None, labelled=None):
         self.n_codes = n_codes
-        super().__init__(i, task, name)
+        super().__init__(i, task, name, labelled)
     def __repr__(self): return f'{type(self).__name__}({self.i}, n_codes={self.n_codes}, name={self.name!r})'
     def item_stats(self, pred, targ):
         "The flattened confusion matrix `(n_codes*n_codes,)` of each mask"
         n = ifnone(self.n_codes, pred.shape[1])
         if pred.shape[1] != n: raise ValueError(f'{self.name}: the prediction has {pred.shape[1]} codes, not {n}')
-        return item_confusion(pred.argmax(1), targ, n)
+        return item_confusion(pred.argmax(1), targ, n, labelled=self.is_labelled(targ))
+    def default_labelled(self, targ): return targ != IGNORE_INDEX
     @property
     def cm(self) -> Tensor:
         "The confusion matrix (target code x predicted code) of the labelled pixels seen since `reset`"
@@ -123,9 +132,10 @@ class TaskDice(TaskConfusion):
 class TaskBoxIoU(TaskMetric):
     "Mean IoU of the predicted boxes `(bs, 4)` of task `i` with its labelled target boxes"
     suffix = 'iou'
+    def default_labelled(self, targ): return has_box(targ)
     def item_stats(self, pred, targ):
         "`(IoU, labelled)` of each sample"
-        m = has_box(targ)
+        m = self.is_labelled(targ).reshape(-1)
         iou = box_iou_pairs(flat_boxes(pred).float(), flat_boxes(targ).float())
         return torch.stack([torch.where(m, iou, 0.), m.float()], -1)
 

@@ -24,11 +24,21 @@ class _ColTask(Task):
     def __init__(self, cols, name=None, weight=None, loss_func=None, **head_kwargs):
         self._cols = L(cols)
         super().__init__(ifnone(name, self._cols[0]), weight)
-        self.loss_func, self.head_kwargs = ifnone(loss_func, self.default_loss()), head_kwargs
+        self.loss_func, self.head_kwargs = loss_func, head_kwargs
+    @property
+    def loss_func(self):
+        "The loss given, else `default_loss()` (made on first use, when the subclass's options are set)"
+        if self._loss_func is None: self._loss_func = self.default_loss()
+        return self._loss_func
+    @loss_func.setter
+    def loss_func(self, f): self._loss_func = f
     @property
     def cols(self): return list(self._cols)
     def default_loss(self): raise NotImplementedError
-    def loss(self, pred, targ): return self.loss_func(pred, targ)
+    def loss(self, pred, targ):
+        "`(loss, n)` of the `loss_func` over the items `labelled_items` marks (a `MaskedLoss` is given them; another loss applies its own rule)"
+        if isinstance(self.loss_func, MaskedLoss): return self.loss_func(pred, targ, self.labelled_items(targ))
+        return self.loss_func(pred, targ)
     def _bad_rows(self, df, bad:pd.Series, what:str):
         "Raise `MTLDataError` listing (up to 5 of) the rows where `bad`"
         if not bad.any(): return
@@ -67,7 +77,6 @@ class SegmentationTask(_ColTask):
         fns = df.loc[lab, self.cols[0]]
         self._bad_rows(df.loc[lab], ~fns.map(lambda f: (Path(path)/f).is_file()), f'name a mask file missing from {path}')
 
-    def has_target(self, targ): return (targ != IGNORE_INDEX).flatten(1).any(1)
     @property
     def n_out(self): return len(self.codes)
     def create_head(self, nf, features=None, img_size=None, decoder=None, **kwargs):
@@ -76,10 +85,11 @@ class SegmentationTask(_ColTask):
         if features is None: return LightSegHead(nf, self.n_out, img_size=img_size, **kw)
         return decoders.resolve(ifnone(decoder, self.decoder))(features, self.n_out, **kw)
     def metrics(self, i):
-        return [TaskMeanIoU(i, self.n_out, task=self.name), TaskDice(i, self.n_out, task=self.name)]
+        return [TaskMeanIoU(i, self.n_out, task=self.name, labelled=self.labelled_items),
+                TaskDice(i, self.n_out, task=self.name, labelled=self.labelled_items)]
     def constant_pred(self, targ):
         "Logits `(n_codes, 1, 1)` for the most frequent labelled code, on every pixel"
-        return _one_hot_logits(targ[targ != IGNORE_INDEX], self.n_out)[:, None, None]
+        return _one_hot_logits(targ[self.labelled_items(targ)], self.n_out)[:, None, None]
     def activation(self, pred): return F.softmax(pred, dim=1)
     def decodes(self, pred): return TensorMTLMask(pred.argmax(dim=1))
     def to_source(self, act, frame:SourceFrame):
@@ -110,9 +120,8 @@ class ClassificationTask(_ColTask):
     kind, sentinel = 'cls', MISSING_LABEL
     def __init__(self, col:str, vocab:list=None, name:str=None, weight:float=None, loss_func=None,
                  label_smoothing:float=0., **head_kwargs):
-        self.label_smoothing = label_smoothing
         super().__init__(col, name, weight, loss_func, **head_kwargs)
-        self.vocab = vocab
+        self.vocab,self.label_smoothing = vocab,label_smoothing
 
     def default_loss(self): return MaskedCrossEntropy(MISSING_LABEL, label_smoothing=self.label_smoothing)
     def getter(self, path=None): return ColGetter(self.cols[0])
@@ -128,7 +137,6 @@ class ClassificationTask(_ColTask):
         self._bad_rows(df, df[self.cols[0]].map(lambda v: (l := _as_label(v)) is not None and l not in ok),
                        f'have a label outside the vocab {list(self.vocab)}')
 
-    def has_target(self, targ): return targ != MISSING_LABEL
     @property
     def n_out(self):
         if self.vocab is None: raise MTLDataError(f'{self!r} has no vocab yet: build the DataLoaders first, or pass `vocab=`')
@@ -136,10 +144,10 @@ class ClassificationTask(_ColTask):
     def create_head(self, nf, features=None, img_size=None, decoder=None, **kwargs):
         "fastai's `create_head` (pooling, batchnorm, dropout, linear); segmentation options are ignored"
         return ClassificationHead(nf, self.n_out, **{**self.head_kwargs, **kwargs})
-    def metrics(self, i): return [TaskAccuracy(i, task=self.name)]
+    def metrics(self, i): return [TaskAccuracy(i, task=self.name, labelled=self.labelled_items)]
     def constant_pred(self, targ):
         "Logits `(n_classes,)` for the most frequent labelled class"
-        return _one_hot_logits(targ[targ != MISSING_LABEL], self.n_out)
+        return _one_hot_logits(targ[self.labelled_items(targ)], self.n_out)
     def activation(self, pred): return F.softmax(pred, dim=-1)
     def decodes(self, pred): return TensorCategory(pred.argmax(dim=-1))
     def to_source(self, act, frame=None):
@@ -151,7 +159,7 @@ class ClassificationTask(_ColTask):
 # %% ../nbs/08_tasks.ipynb #04a0e9e8
 class BoxTask(_ColTask):
     "One box per image from 4 columns `(x1, y1, x2, y2)` in the source image's pixel coordinates"
-    kind, sentinel = 'box', MISSING_COORD
+    kind, sentinel, item_dims = 'box', MISSING_COORD, 1
     def __init__(self, cols=('x1','y1','x2','y2'), name:str='box', weight:float=None, loss_func=None,
                  head=BoxHead, # the head's class: `BoxHead`, or `PooledBoxHead` (for comparison), called as `head(nf, features, mean_box, **head_kwargs)`
                  **head_kwargs):
@@ -185,16 +193,15 @@ class BoxTask(_ColTask):
             self.mean_box = b.mean(0) if len(b) else None
         return self
 
-    def has_target(self, targ): return has_box(targ)
     @property
     def n_out(self): return 4
     def create_head(self, nf, features=None, img_size=None, decoder=None, **kwargs):
         "A `BoxHead` (by default) on the body's output and deepest skip connection, starting at `mean_box`; segmentation options are ignored"
         return self.head(nf, features, mean_box=self.mean_box, **{**self.head_kwargs, **kwargs})
-    def metrics(self, i): return [TaskBoxIoU(i, task=self.name)]
+    def metrics(self, i): return [TaskBoxIoU(i, task=self.name, labelled=self.labelled_items)]
     def constant_pred(self, targ):
         "The mean labelled box `(4,)` (scaled coordinates; the whole image when no box is labelled)"
-        b = targ.view(-1, 4)[has_box(targ).view(-1)].float()
+        b = targ.view(-1, 4)[self.labelled_items(targ).view(-1)].float()
         return b.mean(0) if len(b) else tensor([-1., -1., 1., 1.])
     def decodes(self, pred): return TensorBBox(pred.view(-1, 1, 4))
     def to_source(self, act, frame:SourceFrame):
