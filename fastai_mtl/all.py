@@ -15,4 +15,6 @@ from .learner import *
 from .weighting import *
 from .alternation import *
 from .crossstitch import *
+from .compare import *
+from .interpret import *
 from .demo import *

@@ -13,10 +13,12 @@ from .core import *
 from .loader import *
 
 # %% auto #0
-__all__ = ['alternation_modes', 'Alternation', 'EpochAlternation', 'BatchAlternation', 'SumAlternation', 'MixedAlternation',
+__all__ = ['alternations', 'Alternation', 'EpochAlternation', 'BatchAlternation', 'SumAlternation', 'MixedAlternation',
            'TaskAlternation', 'GraphMemory']
 
 # %% ../nbs/13_alternation.ipynb #2392a45c
+alternations = Registry('alternation')
+
 class Alternation:
     "How tasks take turns: the `MTLSampler` drawing training batches, and which batches end with an optimiser step"
     def sampler(self) -> MTLSampler:
@@ -32,6 +34,7 @@ class Alternation:
         return f"{type(self).__name__}({', '.join(f'{k}={getattr(self, k)!r}' for k in args if hasattr(self, k))})"
 
 # %% ../nbs/13_alternation.ipynb #f16cc60f
+@alternations.register('epoch')
 class EpochAlternation(Alternation):
     "One task per epoch, in turn: epoch `e` draws only the samples labelled for the `e % n`-th task (`TaskEpochSampler`)"
     def __init__(self, tasks=None): store_attr()
@@ -43,11 +46,13 @@ class EpochAlternation(Alternation):
     def before_train(self, cb): cb.sampler.task = self.task_of(cb.epoch, cb.dl)
 
 # %% ../nbs/13_alternation.ipynb #5993c0e2
+@alternations.register('batch')
 class BatchAlternation(Alternation):
     "Task-homogeneous batches, tasks in turn (`TaskBatchSampler`), one optimiser step per batch"
     def __init__(self, tasks=None, epoch:str|int='max'): store_attr()
     def sampler(self): return TaskBatchSampler(self.tasks, self.epoch)
 
+@alternations.register('sum')
 class SumAlternation(BatchAlternation):
     "Rounds of one batch per task, one optimiser step per round: each batch's gradients add up until the round ends"
     def before_train(self, cb):
@@ -56,26 +61,22 @@ class SumAlternation(BatchAlternation):
     def steps_after(self, cb): return (cb.iter+1) % self._round == 0 or cb.iter+1 == cb.n_iter
 
 # %% ../nbs/13_alternation.ipynb #d8701751
+@alternations.register('mixed')
 class MixedAlternation(Alternation):
     "Mixed batches, each sample once per epoch, with `min_share` of every batch for each rare task (`BalancedSampler`); `min_share=None`: purely random (`MixedSampler`)"
     def __init__(self, min_share:float|dict=0.25): store_attr()
     def sampler(self): return MixedSampler() if self.min_share is None else BalancedSampler(self.min_share)
 
-# %% ../nbs/13_alternation.ipynb #138c394c
-alternation_modes = {'epoch': EpochAlternation, 'batch': BatchAlternation, 'sum': SumAlternation, 'mixed': MixedAlternation}
-
 # %% ../nbs/13_alternation.ipynb #9ced53d4
 class TaskAlternation(Callback):
-    "Train taking turns between tasks as `mode` says: 'epoch', 'batch', 'sum', 'mixed' (options in `kwargs`) or an `Alternation`"
+    "Train taking turns between tasks as `mode` says: a name in `alternations` ('epoch', 'batch', 'sum', 'mixed'; options in `kwargs`) or an `Alternation`"
     order, run_valid = MixedPrecision.order-4, False  # as `GradientAccumulation`: cancels before mixed precision steps
     def __init__(self, mode:str|Alternation='mixed',
                  seed:int=None, # seed every training epoch from `(seed, n_epoch, epoch)`, so a resumed run repeats the original
                  **kwargs): # options of the mode named by `mode`, e.g. `tasks=`, `epoch=`, `min_share=`
-        if isinstance(mode, str):
-            if mode not in alternation_modes:
-                raise ValueError(f'unknown alternation {mode!r}: use one of {list(alternation_modes)} or pass an `Alternation`')
-            mode = alternation_modes[mode](**kwargs)
-        elif kwargs: raise TypeError(f'options {list(kwargs)} are for a mode given by name; set them on {mode!r}')
+        if kwargs and not isinstance(mode, (str, type)):
+            raise TypeError(f'options {list(kwargs)} are for a mode given by name or class; set them on {mode!r}')
+        mode = alternations.create(mode, **kwargs)
         self.mode, self.seed, self.sampler, self.orig, self.records, self._new_fit = mode, seed, None, None, [], False
 
     def __repr__(self): return f'TaskAlternation({self.mode!r}' + ('' if self.seed is None else f', seed={self.seed}') + ')'

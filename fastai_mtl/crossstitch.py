@@ -9,7 +9,6 @@ from __future__ import annotations
 import warnings
 from collections import OrderedDict
 from fastai.vision.all import *
-from fastai.vision.learner import _default_meta
 from .core import *
 from .layers import *
 from .layers import _size, _in_channels
@@ -230,6 +229,7 @@ def cross_stitch_splitter(model:CrossStitchModel) -> L:
     return L(g for g in groups if len(g)) + L([last])
 
 # %% ../nbs/14_crossstitch.ipynb #4ce83089
+@architectures.register('cross_stitch')
 def create_cross_stitch_model(arch, tasks, n_in:int=3, pretrained:bool=True, cut=None, img_size=(128,128), decoder:str=None,
                               weights=None, arch_kwargs:dict=None, per_channel:bool=False, self_weight:float=0.9,
                               alpha_lr_mult:float=1., **kwargs) -> CrossStitchModel:
@@ -298,7 +298,7 @@ def create_transfer_model(arch, tasks, aux:list, n_in:int=3, pretrained:bool=Tru
     aux = L(aux)
     if not aux: raise ValueError('no aux models: pass the trained learners (or models, bodies) of the auxiliary tasks')
     tasks = list(tasks)
-    if _is_trained(arch): body, meta, _ = _encoder(arch); body, meta = _copy_body(body), ifnone(meta, {**_default_meta})
+    if _is_trained(arch): body, meta, _ = _encoder(arch); body, meta = _copy_body(body), ifnone(meta, arch_meta(None))
     else: body, meta = create_mtl_body(arch, n_in, pretrained, cut, weights, arch_kwargs), arch_meta(arch)
     body = sequential_body(body, _size(img_size))
     encs = [_encoder(a) for a in aux]

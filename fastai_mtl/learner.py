@@ -6,9 +6,9 @@ Docs: https://fastai-mtl.github.io/fastai_mtl/learner.html.md"""
 
 # %% ../nbs/11_learner.ipynb #2ec3e3b0
 from __future__ import annotations
-import importlib
+from contextlib import contextmanager
 from fastai.vision.all import *
-from fastai.vision.learner import _add_norm, _timm_norm, _default_meta
+from fastai.vision.learner import _add_norm
 from fastai.callback.fp16 import MixedPrecision, AMPMode
 from .core import *
 from .transforms import *
@@ -17,10 +17,11 @@ from .tasks import *
 from .metrics import TaskLoss, TaskMeanIoU
 from .data import *
 from .model import *
+from .weighting import TaskLossRecorder, weightings
+from .alternation import TaskAlternation, alternations
 
 # %% auto #0
-__all__ = ['mtl_architectures', 'mtl_weightings', 'mtl_alternations', 'MaskedMultiLoss', 'mtl_metrics', 'MTLLearner',
-           'DeviceMixedPrecision', 'resolve_strategy', 'mtl_learner']
+__all__ = ['MaskedMultiLoss', 'mtl_metrics', 'MTLLearner', 'DeviceMixedPrecision', 'mtl_learner']
 
 # %% ../nbs/11_learner.ipynb #0e9f9b03
 class MaskedMultiLoss:
@@ -71,8 +72,32 @@ def mtl_metrics(tasks) -> list:
 # %% ../nbs/11_learner.ipynb #f8ad5bc9
 class MTLLearner(Learner):
     "A `Learner` whose `predict` returns every task's result in the source image's coordinates"
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)   # sends `after_create` to the callbacks given
+        self.created = True
+
     @property
     def tasks(self): return L(self.loss_func.tasks) if hasattr(self.loss_func, 'tasks') else self.dls.tasks
+
+    def add_cb(self, cb):
+        "fastai's `add_cb`; a callback added after the learner was created also gets the `after_create` event the others got"
+        super().add_cb(cb)
+        if getattr(self, 'created', False): self.cbs[-1]('after_create')
+        return self
+
+    @contextmanager
+    def keeping_records(self):
+        "Keep the `Recorder`'s losses, values and names of the last fit through `validate`, `get_preds`, `predict`, `show_results`"
+        rec = getattr(self, 'recorder', None)
+        keep = {k: getattr(rec, k) for k in ('lrs', 'iters', 'losses', 'values', 'metric_names') if hasattr(rec, k)}
+        try: yield
+        finally:
+            for k,v in keep.items(): setattr(rec, k, v)
+
+    def validation_context(self, cbs=None, inner=False):
+        "fastai's validation context, keeping the records of the last fit (`learn.recorder.plot_loss()` still works after it)"
+        ctx = super().validation_context(cbs=cbs, inner=inner)
+        return ctx if inner else ContextManagers([self.keeping_records(), ctx])
 
     def predict(self, item, rm_type_tfms=None, with_input=False):
         "Predict every task for `item` (a file, an image): `{task name: result}` in the source image's coordinates"
@@ -108,52 +133,29 @@ class DeviceMixedPrecision(MixedPrecision):
         dtype = torch.bfloat16 if self.amp_mode == AMPMode.BF16 else torch.float16
         self.autocast = torch.autocast(torch.device(dev).type, dtype=dtype)
 
-# %% ../nbs/11_learner.ipynb #a3968297
-# Strategies selectable by name; each entry is 'module:object', imported when first asked for (no import cycles)
-mtl_architectures = {'hard': 'fastai_mtl.model:create_mtl_model',
-                     'cross_stitch': 'fastai_mtl.crossstitch:create_cross_stitch_model'}
-mtl_weightings = {'equal': 'fastai_mtl.weighting:EqualWeighting', 'static': 'fastai_mtl.weighting:StaticWeighting',
-                  'dwa': 'fastai_mtl.weighting:DWA', 'uncertainty': 'fastai_mtl.weighting:UncertaintyWeighting'}
-mtl_alternations = {m: f'fastai_mtl.alternation:TaskAlternation' for m in ('epoch', 'batch', 'sum', 'mixed')}
-
-def resolve_strategy(spec, registry:dict, kind:str):
-    "The object named `spec` in `registry` ('module:object', imported on demand), or `spec` itself if not a string"
-    if not isinstance(spec, str): return spec
-    if spec not in registry: raise ValueError(f'unknown {kind} {spec!r}: use one of {list(registry)} or pass an object')
-    mod, name = registry[spec].split(':')
-    return getattr(importlib.import_module(mod), name)
-
-def _strategy_cb(spec, registry, kind, *args):
-    "A callback instance from a name, a class or an instance"
-    o = resolve_strategy(spec, registry, kind)
-    return o(*args) if isinstance(o, type) else o
-
 # %% ../nbs/11_learner.ipynb #78ea866d
 @delegates(Learner.__init__)
 def mtl_learner(dls, arch=resnet34, pretrained:bool=True, tasks:list=None, loss_func=None, metrics=None,
                 normalize:bool=True, n_in:int=3, cut=None,
                 weights=None, # local pretrained weights for the body (a file or state dict), e.g. without internet
                 decoder=None, # every segmentation task's decoder: 'unet', 'dynamic', 'light' (see `decoders`) or a callable; None: each task's own
-                architecture='hard', # 'hard' (one shared body), 'cross_stitch', or a function like `create_mtl_model`
-                weighting=None, # loss weighting: 'equal', 'static', 'dwa', 'uncertainty', or a callback
-                alternation=None, # task alternation: 'epoch', 'batch', 'sum', 'mixed', or a callback
+                architecture='hard', # a name in `architectures` ('hard': one shared body, 'cross_stitch') or a function like `create_mtl_model`
+                weighting=None, # loss weighting: a name in `weightings` ('equal', 'static', 'dwa', 'uncertainty', ...), a class or a callback
+                alternation=None, # task alternation: a name in `alternations` ('epoch', 'batch', 'sum', 'mixed'), an `Alternation` or a `TaskAlternation`
                 img_size=None, # size of the probe pass through the body (default: the DataLoaders' image size)
                 arch_kwargs:dict=None, head_kwargs:dict=None, splitter=None, cbs=None, **kwargs):
     "A `Learner` with a shared `arch` body and one head per task, trained with `MaskedMultiLoss` and per-task metrics"
     tasks = L(ifnone(tasks, getattr(dls, 'tasks', None) or dls.train.tasks))
     if not tasks: raise ValueError('no tasks: pass `tasks=` or build the DataLoaders with `MTLDataLoaders`')
     img_size = ifnone(img_size, tuple(dls.one_batch()[0].shape[-2:]))
-    create = resolve_strategy(architecture, mtl_architectures, 'architecture')
-    model = create(arch, tasks, n_in=n_in, pretrained=pretrained, cut=cut, img_size=img_size, decoder=decoder,
+    model = architectures.resolve(architecture)(arch, tasks, n_in=n_in, pretrained=pretrained, cut=cut, img_size=img_size, decoder=decoder,
                    weights=weights, arch_kwargs=arch_kwargs, **(head_kwargs or {}))
-    if normalize: _add_norm(dls, getattr(model, 'arch_meta', _default_meta), pretrained or weights is not None, n_in)
+    if normalize: _add_norm(dls, getattr(model, 'arch_meta', arch_meta(None)), pretrained or weights is not None, n_in)
     cbs = L(cbs)
-    from fastai_mtl.weighting import TaskLossRecorder  # here: weighting.py imports this module
     if not any(isinstance(c, TaskLossRecorder) for c in cbs): cbs.append(TaskLossRecorder())  # for `plot_task_losses`
-    if weighting is not None: cbs.append(_strategy_cb(weighting, mtl_weightings, 'weighting'))
+    if weighting is not None: cbs.append(weightings.create(weighting))
     if alternation is not None:
-        cbs.append(_strategy_cb(alternation, mtl_alternations, 'alternation',
-                                *([alternation] if isinstance(alternation, str) else [])))
+        cbs.append(alternation if isinstance(alternation, TaskAlternation) else TaskAlternation(alternation))
     learn = MTLLearner(dls, model, loss_func=ifnone(loss_func, MaskedMultiLoss(tasks)), cbs=cbs,
                        metrics=ifnone(metrics, mtl_metrics(tasks)), splitter=ifnone(splitter, mtl_splitter), **kwargs)
     if pretrained or weights is not None: learn.freeze()

@@ -12,7 +12,7 @@ from torchvision.ops import box_iou, distance_box_iou_loss, generalized_box_iou_
 from .core import *
 
 # %% auto #0
-__all__ = ['plain_tensor', 'masked_mean', 'MaskedLoss', 'MaskedCrossEntropy', 'DiceLoss', 'SegmentationLoss', 'flat_boxes',
+__all__ = ['plain_tensor', 'masked_mean', 'MaskedLoss', 'MaskedCrossEntropy', 'MaskedDiceLoss', 'SegmentationLoss', 'flat_boxes',
            'has_box', 'sort_corners', 'box_iou_pairs', 'BoxLoss', 'DIoULoss', 'GIoULoss', 'L1BoxLoss']
 
 # %% ../nbs/04_losses.ipynb #ba766078
@@ -59,7 +59,7 @@ class MaskedCrossEntropy(MaskedLoss):
         return masked_mean(l, m, None if w is None else torch.where(m, w[targ.long().where(m, 0)], 0.).sum())
 
 # %% ../nbs/04_losses.ipynb #e870bb0f
-class DiceLoss(MaskedLoss):
+class MaskedDiceLoss(MaskedLoss):
     "Soft multi-class Dice loss over the labelled pixels of a batch of masks: `1 - mean over codes of Dice`"
     name = 'dice'
     def __init__(self, ignore_index:int=IGNORE_INDEX, smooth:float=1., eps:float=1e-7):
@@ -80,7 +80,7 @@ class SegmentationLoss(MaskedLoss):
     def __init__(self, dice:float=0., label_smoothing:float=0., weight=None, ignore_index:int=IGNORE_INDEX, smooth:float=1.):
         store_attr('dice,label_smoothing,ignore_index,smooth')
         self.ce = MaskedCrossEntropy(ignore_index, label_smoothing, weight)
-        self.dice_loss = DiceLoss(ignore_index, smooth)
+        self.dice_loss = MaskedDiceLoss(ignore_index, smooth)
     @property
     def weight(self): return self.ce.weight
     def labelled(self, targ): return targ != self.ignore_index

@@ -8,14 +8,15 @@ Docs: https://fastai-mtl.github.io/fastai_mtl/model.html.md"""
 from __future__ import annotations
 import inspect, warnings
 from fastai.vision.all import *
-from fastai.vision.learner import _default_meta, _update_first_layer
+from fastai.vision.learner import _update_first_layer
 from .core import *
 from .layers import *
 from .layers import _in_channels
 
 # %% auto #0
-__all__ = ['MultiTaskHead', 'PretrainedWeightsError', 'read_state_dict', 'load_weights', 'arch_meta', 'set_bn_momentum',
-           'check_bn_momentum', 'create_mtl_body', 'head_options', 'create_mtl_model', 'mtl_splitter']
+__all__ = ['architectures', 'MultiTaskHead', 'PretrainedWeightsError', 'read_state_dict', 'load_weights', 'arch_meta',
+           'set_bn_momentum', 'check_bn_momentum', 'create_mtl_body', 'head_options', 'create_mtl_model',
+           'mtl_splitter']
 
 # %% ../nbs/10_model.ipynb #11da1df6
 class MultiTaskHead(Module):
@@ -119,13 +120,15 @@ def _timm():
     except ImportError as e: raise ImportError('timm architectures need timm: `pip install timm`') from e
     return timm
 
+_DEFAULT_META = dict(cut=None, split=default_split)  # the meta of an arch fastai does not know
+
 def arch_meta(arch) -> dict:
     "fastai's `model_meta` entry for `arch` (`cut`, `split`, `stats`...); for a timm name `default_split` and timm's stats"
     if isinstance(arch, str):
         cfg = _timm().get_pretrained_cfg(arch)
-        return {**_default_meta, **({'stats': (cfg.mean, cfg.std)} if cfg is not None else {})}
-    try: return {**model_meta.get(arch, _default_meta)}
-    except TypeError: return {**_default_meta}  # an unhashable arch
+        return {**_DEFAULT_META, **({'stats': (cfg.mean, cfg.std)} if cfg is not None else {})}
+    try: return {**model_meta.get(arch, _DEFAULT_META)}
+    except TypeError: return {**_DEFAULT_META}  # an unhashable arch
 
 def _is_weights_file(w) -> bool:
     return isinstance(w, (str, Path)) and (Path(w).suffix in ('.pth', '.pt', '.bin', '.safetensors', '.ckpt') or Path(w).exists())
@@ -189,12 +192,15 @@ def create_mtl_body(arch, n_in:int=3, pretrained:bool=True, cut=None, weights=No
     return body
 
 # %% ../nbs/10_model.ipynb #28519b59
+architectures = Registry('architecture')
+
 def head_options(decoder=None, **kwargs) -> dict:
     "What every task's `create_head` gets besides `nf` and `features`: `kwargs`, and `decoder` (checked against `decoders`) when one is asked for"
     if decoder is None: return kwargs
     decoders.resolve(decoder)
     return dict(decoder=decoder, **kwargs)
 
+@architectures.register('hard')
 def create_mtl_model(arch, tasks, n_in:int=3, pretrained:bool=True, cut=None, img_size=(128,128),
                      decoder=None, # every segmentation task's decoder ('unet', 'dynamic', 'light' or a callable); None: each task's own
                      weights=None, arch_kwargs:dict=None, **kwargs) -> nn.Sequential:
@@ -209,4 +215,4 @@ def create_mtl_model(arch, tasks, n_in:int=3, pretrained:bool=True, cut=None, im
 # %% ../nbs/10_model.ipynb #7d7038f0
 def mtl_splitter(model:nn.Module) -> L:
     "Parameter groups of `nn.Sequential(body, head)`: its arch's fastai split (from `create_mtl_model`), else body/head"
-    return getattr(model, 'arch_meta', _default_meta)['split'](model)
+    return getattr(model, 'arch_meta', _DEFAULT_META)['split'](model)

@@ -7,13 +7,11 @@ Docs: https://fastai-mtl.github.io/fastai_mtl/transforms.html.md"""
 # %% ../nbs/03_transforms.ipynb #54bd1055
 from __future__ import annotations
 from fastai.vision.all import *
-from torchvision.transforms.functional import pad as tvpad
-from fastai.vision.augment import _get_sz, _pad_modes
 from .core import *
 
 # %% auto #0
-__all__ = ['TensorMTLMask', 'MTLMask', 'MaskReader', 'LabelCategorize', 'BoxReader', 'AlignTargets', 'ClipBoxes', 'ColGetter',
-           'SourceFrame', 'source_frame']
+__all__ = ['TensorMTLMask', 'MTLMask', 'MaskReader', 'LabelCategorize', 'BoxReader', 'align_target', 'AlignTargets', 'ClipBoxes',
+           'ColGetter', 'SourceFrame', 'source_frame']
 
 # %% ../nbs/03_transforms.ipynb #96f7e9ad
 class TensorMTLMask(TensorMask):
@@ -26,6 +24,10 @@ class TensorMTLMask(TensorMask):
         return TensorMTLMask(torch.where(res < 0, torch.full_like(res, IGNORE_INDEX), res))
 
 # %% ../nbs/03_transforms.ipynb #8acf7cf4
+# nearest-neighbour crops, pads and resizes never mix values: shift them so that fastai's zero padding means "ignore"
+_SHIFT_UP = [(v + 1) % 256 for v in range(256)]    # code c -> c+1, IGNORE_INDEX (255) -> 0
+_SHIFT_DOWN = [(v - 1) % 256 for v in range(256)]  # back; the padding (0) -> IGNORE_INDEX
+
 class MTLMask(PILMask):
     "A `PILMask` padded with `IGNORE_INDEX` (not 0) and converted to a `TensorMTLMask`"
     _tensor_cls = TensorMTLMask
@@ -35,19 +37,10 @@ class MTLMask(PILMask):
         return PILBase.create.__func__(cls, fn, **kwargs)  # `PILMask.create` is a Transform that returns a `PILMask`
 
     def _do_crop_pad(self, sz, tl, orig_sz, pad_mode=PadMode.Zeros, resize_mode=Image.NEAREST, resize_to=None):
-        if pad_mode != PadMode.Zeros:
-            return Image.Image._do_crop_pad(self, sz, tl, orig_sz, pad_mode=pad_mode, resize_mode=resize_mode,
-                                            resize_to=resize_to)
-        x = self
-        if any(tl.ge(0)) or any(tl.add(sz).le(orig_sz)):
-            c = tl.max(0)
-            x = x.crop((*c, *tl.add(sz).min(orig_sz)))
-        if any(tl.lt(0)) or any(tl.add(sz).ge(orig_sz)):
-            p = (-tl).max(0)
-            f = (sz-orig_sz).add(tl).max(0)
-            x = tvpad(x, (*p, *f), fill=IGNORE_INDEX, padding_mode='constant')
-        if resize_to is not None: x = x.resize(resize_to, resize_mode)
-        return MTLMask(x)
+        "fastai's crop and pad, its zero padding made `IGNORE_INDEX`: every value shifted up by one (mod 256) before, down after"
+        up = PILMask(self.point(_SHIFT_UP)) if pad_mode == PadMode.Zeros else self
+        x = Image.Image._do_crop_pad(up, sz, tl, orig_sz, pad_mode=pad_mode, resize_mode=resize_mode, resize_to=resize_to)
+        return MTLMask(x.point(_SHIFT_DOWN) if pad_mode == PadMode.Zeros else x)
 
 # %% ../nbs/03_transforms.ipynb #7acee919
 class MaskReader(DisplayedTransform):
@@ -140,27 +133,38 @@ class BoxReader(ItemTransform, DisplayedTransform):
         return TensorBBox.create(vals)
 
 # %% ../nbs/03_transforms.ipynb #bf798f09
+@dispatch
+def align_target(o, size, tol=1e-3):
+    "Check (or adapt) target `o` against its image's `size` (w, h); dispatched on the target's type. Default: unchanged"
+    return o
+
+@dispatch
+def align_target(o:MTLMask, size, tol=1e-3):
+    "A missing mask takes the image's size; a mask of another size is an error"
+    if o.size == tuple(size): return o
+    w,h = size
+    if (np.asarray(o) == IGNORE_INDEX).all(): return MTLMask.create(np.full((h,w), IGNORE_INDEX, dtype=np.uint8))
+    raise MTLDataError(f'mask is {o.size[0]}x{o.size[1]} (w x h) but its image is {w}x{h}')
+
+@dispatch
+def align_target(o:TensorBBox, size, tol=1e-3):
+    "A box outside the image is an error (a missing box passes)"
+    if o.isnan().any(): return o
+    w,h = size
+    x1,y1,x2,y2 = o.view(-1, 4)[0].tolist()
+    if x1 < -tol or y1 < -tol or x2 > w + tol or y2 > h + tol:
+        raise MTLDataError(f'box {(x1,y1,x2,y2)} lies outside its {w}x{h} (w x h) image')
+    return o
+
 class AlignTargets(ItemTransform):
-    "Size missing masks to their image; reject masks of another size and boxes outside the image"
+    "Hand every target of a sample, with its image's size, to `align_target` (missing masks sized, bad masks and boxes rejected)"
     order, split_idx = -10, None
     def __init__(self, tol:float=1e-3): self.tol = tol
     def encodes(self, x):
         if not is_listy(x): return x   # ItemTransform hands us the sample as a list
         img = first(o for o in x if isinstance(o, PILImage) and not isinstance(o, PILMask))
         if img is None: return x
-        return tuple(self._align(o, img.size) for o in x)
-
-    def _align(self, o, sz):
-        w,h = sz
-        if isinstance(o, MTLMask) and o.size != sz:
-            arr = np.asarray(o)
-            if (arr == IGNORE_INDEX).all(): return MTLMask.create(np.full((h,w), IGNORE_INDEX, dtype=np.uint8))
-            raise MTLDataError(f'mask is {o.size[0]}x{o.size[1]} (w x h) but its image is {w}x{h}')
-        if isinstance(o, TensorBBox) and not o.isnan().any():
-            x1,y1,x2,y2 = o.view(-1, 4)[0].tolist()
-            if x1 < -self.tol or y1 < -self.tol or x2 > w + self.tol or y2 > h + self.tol:
-                raise MTLDataError(f'box {(x1,y1,x2,y2)} lies outside its {w}x{h} (w x h) image')
-        return o
+        return tuple(o if o is img else align_target(o, img.size, self.tol) for o in x)
 
 # %% ../nbs/03_transforms.ipynb #ad93b59b
 class ClipBoxes(Transform):

@@ -9,10 +9,9 @@ from __future__ import annotations
 from fastai.vision.all import *
 from .core import *
 from .model import MultiTaskHead
-from .learner import MTLLearner
 
 # %% auto #0
-__all__ = ['TaskLossSums', 'ValueColumn', 'TaskLossRecorder', 'LossWeighting', 'task_weights', 'StaticWeighting',
+__all__ = ['weightings', 'TaskLossSums', 'ValueColumn', 'TaskLossRecorder', 'LossWeighting', 'task_weights', 'StaticWeighting',
            'EqualWeighting', 'dwa_weights', 'weighting_host', 'DWAState', 'StateWeighting', 'DWA', 'UncertaintyLoss',
            'UncertaintyWeighting']
 
@@ -65,18 +64,18 @@ class ValueColumn(Metric):
     @property
     def value(self): return self.get()
 
-def _validating(learn) -> bool:
-    "Whether `learn` is in `validate`, `get_preds` or `predict`, which also call `before_fit` (inside `learn.lock`)"
-    lock = getattr(learn, 'lock', None)
-    return lock is not None and lock.locked()
-
 class _ColumnsCallback(Callback):
     "Base of the callbacks adding `columns()` to the progress table (the learner's metrics) during `fit`"
     def columns(self) -> list: return []
     def before_fit(self):
-        self._cols = [] if _validating(self.learn) else list(self.columns())
+        # `validate` and `get_preds` send `before_fit` too, but no `before_train`: `fitting` tells a fit from them
+        self.fitting, self._cols = False, list(self.columns())
         if self._cols: self.learn.metrics = L(self.learn.metrics) + self._cols
-    def after_fit(self):
+    def before_train(self): self.fitting = True
+    def before_validate(self):
+        if not self.fitting: self._remove_columns()   # `validate`, `get_preds`: the metrics alone, as fastai returns them
+    def after_fit(self): self._remove_columns()
+    def _remove_columns(self):
         cols = getattr(self, '_cols', [])
         if cols: self.learn.metrics = [m for m in self.learn.metrics if not any(m is c for c in cols)]
         self._cols = []
@@ -93,12 +92,13 @@ class TaskLossRecorder(_ColumnsCallback):
         return [ValueColumn(f'{n}_train', partial(self._current, f'{n}_train')) for n in _task_names(self.learn)]
     def _current(self, k): return self.rows[-1][k] if self.rows and self.rows[-1]['epoch'] == self.epoch else None
     def before_fit(self):
-        if _validating(self.learn): return  # `validate` / `get_preds` keep the rows of the last fit
         if not hasattr(self.learn.loss_func, 'last_losses'):
             raise ValueError(f'TaskLossRecorder needs a loss with per-task `last_losses` and `last_counts` (`MaskedMultiLoss`)')
-        self.rows,self.sums = [],TaskLossSums(len(self.learn.loss_func.tasks))
         super().before_fit()
-    def before_train(self): self.sums.reset()
+    def before_train(self):
+        if not self.fitting: self.rows = []   # the first epoch of a new fit (`validate`, `get_preds` keep the rows)
+        super().before_train()
+        self.sums = TaskLossSums(len(self.learn.loss_func.tasks))
     def after_loss(self):
         if not self.training: return
         tasks = self.learn.loss_func.tasks
@@ -113,7 +113,7 @@ class TaskLossRecorder(_ColumnsCallback):
         self.rows.append(row)
     def after_validate(self):
         "Add each task's validation loss (its `{task}_loss` metric) to the epoch's row"
-        if _validating(self.learn) or not self.rows or self.rows[-1]['epoch'] != self.epoch: return
+        if not self.fitting or not self.rows or self.rows[-1]['epoch'] != self.epoch: return
         mets = {getattr(m, 'name', None): m for m in self.learn.metrics}
         for n in _task_names(self.learn):
             if f'{n}_loss' in mets: self.rows[-1][f'{n}_valid'] = ifnone(mets[f'{n}_loss'].value, float('nan'))
@@ -123,12 +123,14 @@ class TaskLossRecorder(_ColumnsCallback):
         return pd.DataFrame(self.rows)
 
 # %% ../nbs/12_weighting.ipynb #e0c61135
+weightings = Registry('weighting')
+
 class LossWeighting(_ColumnsCallback):
     "Base of the loss weighting strategies: a callback deciding how `MaskedMultiLoss` combines the tasks' losses"
     show_weights = False  # show the `{task}_w` columns in the progress table
     def __init__(self): pass
     def setup(self):
-        "Prepare the learner's loss (and model) for this strategy: when it joins a learner (`cbs=`, `add_cb`) and before each fit"
+        "Prepare the learner's loss (and model) for this strategy: at `after_create` and before each fit"
         self.learn.loss_func.weighting = None
     @property
     def task_weights(self) -> Tensor:
@@ -139,9 +141,7 @@ class LossWeighting(_ColumnsCallback):
     def columns(self):
         if not self.show_weights: return []
         return [ValueColumn(f'{n}_w', partial(lambda i: self.task_weights[i].item(), i)) for i,n in enumerate(_task_names(self.learn))]
-    def __setattr__(self, k, v):
-        super().__setattr__(k, v)
-        if k == 'learn' and v is not None: self._check_loss(); self.setup()  # joined a learner: `Learner(cbs=)`, `add_cb`
+    def after_create(self): self._check_loss(); self.setup()
     def before_fit(self):
         self._check_loss()
         others = [cb for cb in self.learn.cbs if isinstance(cb, LossWeighting) and cb is not self]
@@ -159,6 +159,7 @@ def task_weights(learn) -> Tensor:
     return cb.task_weights if cb is not None else learn.loss_func.weights.detach().float().cpu()
 
 # %% ../nbs/12_weighting.ipynb #cdd5719d
+@weightings.register('static')
 class StaticWeighting(LossWeighting):
     "Fixed weights: a dict by task name (other tasks keep their `Task.weight`), a list, or None for each `Task.weight`"
     def __init__(self, weights:dict|list=None): self.weights = weights
@@ -179,6 +180,7 @@ class StaticWeighting(LossWeighting):
         super().setup()
         self.learn.loss_func.weights = self.resolve().float()
 
+@weightings.register('equal')
 class EqualWeighting(StaticWeighting):
     "Every task's mean loss counts the same: all weights 1"
     def __init__(self): super().__init__(None)
@@ -247,6 +249,7 @@ class StateWeighting(LossWeighting):
         return True
 
 # %% ../nbs/12_weighting.ipynb #96b17430
+@weightings.register('dwa')
 class DWA(StateWeighting):
     "Dynamic Weight Averaging (Liu et al. 2019): more weight to the tasks whose training loss fell least in the last two epochs"
     state_cls,show_weights = DWAState,True
@@ -314,6 +317,7 @@ class UncertaintyLoss(Module):
         return (self.factors*torch.exp(-self.log_vars)).detach().float().cpu()
 
 # %% ../nbs/12_weighting.ipynb #82f906a5
+@weightings.register('uncertainty')
 class UncertaintyWeighting(StateWeighting):
     "Uncertainty weighting (Kendall, Gal & Cipolla 2018): each task's loss over a learned variance, plus its log"
     state_cls,show_weights = UncertaintyLoss,True
@@ -338,9 +342,9 @@ class UncertaintyWeighting(StateWeighting):
             self.learn.create_opt()
             if frozen: self.learn.opt.freeze_to(frozen)
         self.learn.loss_func.weighting = self.state
-    def before_fit(self):
-        super().before_fit()
-        if self.learn.opt is None or _validating(self.learn): return
+    def before_train(self):
+        super().before_train()
+        if self.learn.opt is None: return
         ps = {id(p) for pl in self.learn.opt.param_lists for p in pl}
         if any(id(p) not in ps for p in self.state.parameters()):
             raise ValueError("the log-variances are not in the optimiser's parameter groups: does the splitter cover the "
@@ -348,23 +352,3 @@ class UncertaintyWeighting(StateWeighting):
         for p in self.state.parameters(): self.learn.opt.state[p]['do_wd'] = False  # no weight decay pulling s to 0
     @property
     def task_weights(self): return self.state.weights
-
-# %% ../nbs/12_weighting.ipynb #4f560843
-@patch
-def plot_task_losses(self:MTLLearner, figsize=None, log:bool=False):
-    "Plot each task's training and validation loss, and the tasks' weights, over the epochs of the last fit"
-    rec = first(self.cbs, risinstance(TaskLossRecorder))
-    if rec is None or not rec.rows:
-        raise ValueError('no per-task training losses recorded: train with a `TaskLossRecorder` (`cbs=TaskLossRecorder()`)')
-    names,df = _task_names(self),rec.df
-    axs = subplots(1, len(names)+1, figsize=ifnone(figsize, (3.2*(len(names)+1), 2.8)))[1].flatten()
-    for ax,n in zip(axs, names):
-        ax.plot(df.epoch, df[f'{n}_train'], marker='.', label='train')
-        if f'{n}_valid' in df: ax.plot(df.epoch, df[f'{n}_valid'], marker='.', label='valid')
-        ax.set_title(f'{n} loss'); ax.set_xlabel('epoch')
-        if log: ax.set_yscale('log')
-        ax.legend()
-    for n in names: axs[-1].plot(df.epoch, df[f'{n}_w'], marker='.', label=n)
-    axs[-1].set_title('weights'); axs[-1].set_xlabel('epoch'); axs[-1].legend()
-    plt.tight_layout()
-    return axs

@@ -71,7 +71,7 @@ def test_modes_by_name_and_errors(dls):
     assert type(TaskAlternation(EpochAlternation()).mode) is EpochAlternation
     with pytest.raises(ValueError, match='unknown alternation'): TaskAlternation('round_robin')
     with pytest.raises(TypeError, match='mode given by name'): TaskAlternation(SumAlternation(), epoch=1)
-    assert set(alternation_modes) == set(MODES)
+    assert set(alternations) == set(MODES)
 
 # --- what each mode draws ----------------------------------------------------------------------------------
 def test_epoch_mode_one_task_per_epoch(dls):

@@ -8,7 +8,7 @@ from fastai_mtl.losses import *
 
 L2, L4 = math.log(2), math.log(4)
 BOX_LOSSES = [DIoULoss(), GIoULoss(), L1BoxLoss()]
-ALL_LOSSES = [MaskedCrossEntropy(label_smoothing=.1, weight=[1., 2., 3.]), DiceLoss(), SegmentationLoss(dice=1.), *BOX_LOSSES]
+ALL_LOSSES = [MaskedCrossEntropy(label_smoothing=.1, weight=[1., 2., 3.]), MaskedDiceLoss(), SegmentationLoss(dice=1.), *BOX_LOSSES]
 
 def quarter_half(shape):
     "Logits whose softmax over 3 classes (dim 1) is [1/4, 1/4, 1/2] everywhere"
@@ -47,17 +47,17 @@ def test_ce_fastai_types():
 
 def test_dice_by_hand():
     dices = [(2*.25 + 1)/(.75 + 2), (2*.25 + 1)/(.75 + 2), (2*.5 + 1)/(1.5 + 2)]
-    loss, n = DiceLoss()(quarter_half((1, 3, 2, 2)), torch.tensor([[[2, 0], [1, IGNORE_INDEX]]]))
+    loss, n = MaskedDiceLoss()(quarter_half((1, 3, 2, 2)), torch.tensor([[[2, 0], [1, IGNORE_INDEX]]]))
     assert loss.item() == pytest.approx(1 - sum(dices)/3) and n.item() == 3
     perfect = F.one_hot(torch.tensor([[[2, 0], [1, 1]]]), 3).permute(0, 3, 1, 2).float()*50
-    assert DiceLoss(smooth=0.)(perfect, TensorMask(torch.tensor([[[2, 0], [1, IGNORE_INDEX]]])))[0].item() == pytest.approx(0, abs=1e-6)
+    assert MaskedDiceLoss(smooth=0.)(perfect, TensorMask(torch.tensor([[[2, 0], [1, IGNORE_INDEX]]])))[0].item() == pytest.approx(0, abs=1e-6)
 
 def test_seg_loss_combines():
     torch.manual_seed(2)
     pred, masks = torch.randn(2, 3, 4, 4), torch.randint(0, 3, (2, 4, 4))
     masks[0, 0] = IGNORE_INDEX
     loss, n = SegmentationLoss(dice=.7, label_smoothing=.1)(pred, masks)
-    ref = MaskedCrossEntropy(IGNORE_INDEX, .1)(pred, masks)[0] + .7*DiceLoss()(pred, masks)[0]
+    ref = MaskedCrossEntropy(IGNORE_INDEX, .1)(pred, masks)[0] + .7*MaskedDiceLoss()(pred, masks)[0]
     torch.testing.assert_close(loss, ref); assert n.item() == 28
 
 def test_box_losses_by_hand():
