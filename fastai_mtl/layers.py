@@ -13,7 +13,8 @@ from .core import Registry
 
 # %% auto #0
 __all__ = ['decoders', 'FeatureHook', 'EncoderFeatures', 'UnetDecoder', 'SkipProjection', 'DynamicUnetDecoder', 'LightSegHead',
-           'ClassificationHead', 'params_to_box', 'box_to_params', 'BoxHead', 'PooledBoxHead']
+           'ClassificationHead', 'params_to_box', 'box_to_params', 'SpatialHead', 'BoxHead', 'PooledBoxHead',
+           'ValueHead']
 
 # %% ../nbs/06_layers.ipynb #34723abd
 def _hook_input(m, i, o): return i[0]
@@ -267,11 +268,10 @@ def box_to_params(b:Tensor, eps:float=1e-4) -> Tensor:
     return torch.cat([torch.atanh(c), torch.logit(h.clamp(eps, 1-eps))], dim=-1)
 
 # %% ../nbs/06_layers.ipynb #45bcb869
-class BoxHead(Module):
-    "One box per image from the body's output (`nf` channels) and, with `features`, its deepest skip connection: `(x1,y1,x2,y2)` in [-1,1]"
-    def __init__(self, nf:int,
+class SpatialHead(Module):
+    "`n_out` numbers per image from the body's output (`nf` channels) and, with `features`, its deepest skip connection, keeping where things are"
+    def __init__(self, nf:int, n_out:int,
                  features=None, # the encoder's `EncoderFeatures`: also read its deepest skip connection
-                 mean_box=None, # `(x1,y1,x2,y2)` the untrained head predicts (the last layer's bias): the mean training box
                  width:int=32, # channels each feature map is reduced to
                  grid:int=4, # each reduced map is average-pooled to `grid` x `grid` cells
                  hidden:int=256, # width of the MLP's hidden layer
@@ -282,19 +282,31 @@ class BoxHead(Module):
         self.reduce = nn.ModuleList([nn.Sequential(ConvLayer(ni, width, ks=1, norm_type=None, act_cls=act_cls),
                                                    nn.AdaptiveAvgPool2d(grid)) for ni in nis])
         self.mlp = nn.Sequential(nn.Flatten(), nn.Dropout(ps), nn.Linear(width*grid*grid*len(nis), hidden), act_cls(),
-                                 nn.Linear(hidden, 4))
-        self.init_box(mean_box)
+                                 nn.Linear(hidden, n_out))
+        self.init_last()
 
-    def init_box(self, mean_box=None, std:float=1e-3):
-        "Start the last layer so that every image gets `mean_box` (the centred half-size box when None)"
+    def init_last(self, bias=None, std:float=1e-4):
+        "Start the last layer with small weights and `bias` (default 0): every image gets about `bias`"
         last = self.mlp[-1]
         nn.init.normal_(last.weight, std=std)
-        with torch.no_grad():
-            last.bias.copy_(torch.zeros(4) if mean_box is None else box_to_params(torch.as_tensor(mean_box).view(4)))
+        with torch.no_grad(): last.bias.copy_(torch.zeros_like(last.bias) if bias is None else torch.as_tensor(bias).view(-1))
 
     def forward(self, x):
         xs = [x] + ([self.features.stored[-1]] if self.features is not None else [])
-        return params_to_box(self.mlp(torch.cat([r(o) for r,o in zip(self.reduce, xs)], dim=1)))
+        return self.mlp(torch.cat([r(o) for r,o in zip(self.reduce, xs)], dim=1))
+
+class BoxHead(SpatialHead):
+    "One box per image, `(x1,y1,x2,y2)` in [-1,1] (see `params_to_box`), from a `SpatialHead` starting at `mean_box`"
+    @delegates(SpatialHead.__init__, but=['n_out'])
+    def __init__(self, nf:int, features=None,
+                 mean_box=None, # `(x1,y1,x2,y2)` the untrained head predicts (the last layer's bias): the mean training box
+                 **kwargs):
+        super().__init__(nf, 4, features, **kwargs)
+        self.init_box(mean_box)
+    def init_box(self, mean_box=None, std:float=1e-4):
+        "Start the last layer so that every image gets `mean_box` (the centred half-size box when None)"
+        self.init_last(None if mean_box is None else box_to_params(torch.as_tensor(mean_box).view(4)), std)
+    def forward(self, x): return params_to_box(super().forward(x))
 
 # %% ../nbs/06_layers.ipynb #7c63b297
 class PooledBoxHead(Module):
@@ -306,3 +318,13 @@ class PooledBoxHead(Module):
         nn.init.zeros_(last.weight)
         if last.bias is not None: nn.init.zeros_(last.bias)
     def forward(self, x): return params_to_box(self.head(x))
+
+# %% ../nbs/06_layers.ipynb #90131b3c
+class ValueHead(SpatialHead):
+    "A `SpatialHead` regressing `n_out` values in standard units, then `mean + std*out`"
+    @delegates(SpatialHead.__init__)
+    def __init__(self, nf:int, n_out:int, features=None, mean=None, std=None, **kwargs):
+        super().__init__(nf, n_out, features, **kwargs)
+        self.register_buffer('mean', torch.zeros(n_out) if mean is None else torch.as_tensor(mean, dtype=torch.float).view(n_out))
+        self.register_buffer('std', torch.ones(n_out) if std is None else torch.as_tensor(std, dtype=torch.float).view(n_out))
+    def forward(self, x): return self.mean + self.std*super().forward(x)

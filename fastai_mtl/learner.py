@@ -155,7 +155,7 @@ def mtl_learner(dls, arch=resnet34, pretrained:bool=True, tasks:list=None, loss_
     if not any(isinstance(c, TaskLossRecorder) for c in cbs): cbs.append(TaskLossRecorder())  # for `plot_task_losses`
     if weighting is not None: cbs.append(weightings.create(weighting))
     if alternation is not None:
-        cbs.append(alternation if isinstance(alternation, TaskAlternation) else TaskAlternation(alternation))
+        cbs.append(alternation if isinstance(alternation, Callback) else TaskAlternation(alternation))   # a name or an `Alternation`
     learn = MTLLearner(dls, model, loss_func=ifnone(loss_func, MaskedMultiLoss(tasks)), cbs=cbs,
                        metrics=ifnone(metrics, mtl_metrics(tasks)), splitter=ifnone(splitter, mtl_splitter), **kwargs)
     if pretrained or weights is not None: learn.freeze()

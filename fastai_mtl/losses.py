@@ -13,7 +13,8 @@ from .core import *
 
 # %% auto #0
 __all__ = ['plain_tensor', 'masked_mean', 'MaskedLoss', 'MaskedCrossEntropy', 'MaskedDiceLoss', 'SegmentationLoss', 'flat_boxes',
-           'has_box', 'sort_corners', 'box_iou_pairs', 'BoxLoss', 'DIoULoss', 'GIoULoss', 'L1BoxLoss']
+           'has_box', 'sort_corners', 'box_iou_pairs', 'BoxLoss', 'DIoULoss', 'GIoULoss', 'L1BoxLoss',
+           'MaskedBCEWithLogits', 'MaskedRegressionLoss']
 
 # %% ../nbs/04_losses.ipynb #ba766078
 def plain_tensor(t:Tensor) -> Tensor:
@@ -140,3 +141,35 @@ class L1BoxLoss(BoxLoss):
     name,order_corners = 'l1',False
     def __init__(self): pass
     def box_loss(self, pred, targ): return (pred - targ).abs().mean(-1)
+
+# %% ../nbs/04_losses.ipynb #97503688
+def _rows(m:Tensor) -> Tensor: return m.reshape(m.shape[0], -1).all(-1) if m.dim() > 1 else m
+
+class MaskedBCEWithLogits(MaskedLoss):
+    "Binary cross-entropy with logits `(bs, n_classes)` against 0/1 targets, over the labelled samples (a missing target: all NaN)"
+    name = 'bce'
+    def __init__(self, pos_weight=None): self.pos_weight = None if pos_weight is None else torch.as_tensor(pos_weight, dtype=torch.float)
+    def labelled(self, targ): return ~targ.isnan().any(-1)
+    def masked_loss(self, pred, targ, m, n):
+        m = _rows(m)
+        t = torch.where(m[:, None], targ.float(), 0.)
+        pw = None if self.pos_weight is None else self.pos_weight.to(pred)
+        l = F.binary_cross_entropy_with_logits(pred.float(), t, pos_weight=pw, reduction='none').mean(-1)
+        return masked_mean(l, m)
+
+class MaskedRegressionLoss(MaskedLoss):
+    "Mean `kind` loss ('mse', 'l1', 'huber') of values `(bs, n_values)` over the labelled samples (a missing target: all NaN)"
+    def __init__(self, kind:str='mse', delta:float=1.):
+        if kind not in ('mse', 'l1', 'huber'): raise ValueError(f"kind must be 'mse', 'l1' or 'huber', got {kind!r}")
+        self.kind,self.delta = kind,delta
+    @property
+    def name(self): return self.kind
+    def labelled(self, targ): return ~targ.isnan().any(-1)
+    def masked_loss(self, pred, targ, m, n):
+        m = _rows(m)
+        pred = pred.float().reshape(targ.shape)
+        t = torch.where(m[:, None], targ.float(), pred.detach())
+        if self.kind == 'mse': l = F.mse_loss(pred, t, reduction='none')
+        elif self.kind == 'l1': l = F.l1_loss(pred, t, reduction='none')
+        else: l = F.huber_loss(pred, t, reduction='none', delta=self.delta)
+        return masked_mean(l.mean(-1), m)

@@ -13,7 +13,7 @@ from .losses import plain_tensor, flat_boxes, has_box, box_iou_pairs
 
 # %% auto #0
 __all__ = ['TaskMetric', 'TaskAccuracy', 'confusion_matrix', 'item_confusion', 'TaskConfusion', 'TaskMeanIoU', 'TaskDice',
-           'TaskBoxIoU', 'TaskLoss']
+           'TaskBoxIoU', 'TaskAccuracyMulti', 'TaskFBetaMulti', 'TaskMAE', 'TaskR2', 'TaskLoss']
 
 # %% ../nbs/05_metrics.ipynb #08cf0299
 class TaskMetric(Metric):
@@ -138,6 +138,73 @@ class TaskBoxIoU(TaskMetric):
         m = self.is_labelled(targ).reshape(-1)
         iou = box_iou_pairs(flat_boxes(pred).float(), flat_boxes(targ).float())
         return torch.stack([torch.where(m, iou, 0.), m.float()], -1)
+
+# %% ../nbs/05_metrics.ipynb #493140ff
+def _labelled_rows(targ): return ~targ.isnan().any(-1)
+
+class TaskAccuracyMulti(TaskMetric):
+    "Share of the (sample, class) pairs of multi-label task `i` predicted right (`sigmoid > thresh`), over its labelled samples"
+    suffix = 'acc_multi'
+    def __init__(self, i:int, task:str=None, name:str=None, labelled=None, thresh:float=0.5):
+        self.thresh = thresh
+        super().__init__(i, task, name, labelled)
+    def default_labelled(self, targ): return _labelled_rows(targ)
+    def item_stats(self, pred, targ):
+        "`(right pairs, pairs)` of each sample"
+        m = self.is_labelled(targ).reshape(-1)
+        right = ((pred.float().sigmoid() > self.thresh) == (targ > 0.5)).float().sum(-1)
+        return torch.stack([torch.where(m, right, 0.), m.float()*targ.shape[-1]], -1)
+
+class TaskFBetaMulti(TaskMetric):
+    "Micro-averaged F-beta of multi-label task `i` (`sigmoid > thresh`) over its labelled samples"
+    def __init__(self, i:int, task:str=None, name:str=None, labelled=None, beta:float=1., thresh:float=0.5):
+        self.beta,self.thresh = beta,thresh
+        super().__init__(i, task, name, labelled)
+    @property
+    def suffix(self): return f'f{self.beta:g}'
+    def default_labelled(self, targ): return _labelled_rows(targ)
+    def item_stats(self, pred, targ):
+        "`(TP, FP, FN, labelled)` of each sample"
+        m = self.is_labelled(targ).reshape(-1)
+        p,t = pred.float().sigmoid() > self.thresh,targ > 0.5
+        s = torch.stack([(p & t).sum(-1), (p & ~t).sum(-1), (~p & t).sum(-1)], -1).float()
+        return torch.cat([torch.where(m[:, None], s, 0.), m.float()[:, None]], -1)
+    def value_of(self, stats):
+        tp,fp,fn,n = stats.tolist()
+        if not n: return None
+        b2 = self.beta**2
+        den = (1+b2)*tp + b2*fn + fp
+        return (1+b2)*tp/den if den else 1.
+
+# %% ../nbs/05_metrics.ipynb #a4507264
+class TaskMAE(TaskMetric):
+    "Mean absolute error of value task `i` over its labelled samples and values"
+    suffix = 'mae'
+    def default_labelled(self, targ): return _labelled_rows(targ)
+    def item_stats(self, pred, targ):
+        "`(sum of absolute errors, values)` of each sample"
+        m = self.is_labelled(targ).reshape(-1)
+        err = (pred.float().reshape(targ.shape) - torch.where(m[:, None], targ.float(), 0.)).abs().sum(-1)
+        return torch.stack([torch.where(m, err, 0.), m.float()*targ.shape[-1]], -1)
+
+class TaskR2(TaskMetric):
+    "R² of value task `i` over its labelled samples: `1 - SSE/SST` of each value column, averaged over the columns"
+    suffix = 'r2'
+    def default_labelled(self, targ): return _labelled_rows(targ)
+    def item_stats(self, pred, targ):
+        "Per sample and value column: squared error, value, squared value; then labelled"
+        m = self.is_labelled(targ).reshape(-1)
+        y = torch.where(m[:, None], targ.float(), 0.)
+        se = torch.where(m[:, None], (pred.float().reshape(targ.shape) - y)**2, 0.)
+        return torch.cat([se, y, y**2, m.float()[:, None]], -1)
+    def value_of(self, stats):
+        n = float(stats[-1])
+        if n < 2: return None
+        k = (len(stats) - 1)//3
+        sse,sy,syy = stats[:k].double(),stats[k:2*k].double(),stats[2*k:3*k].double()
+        sst = syy - sy**2/n
+        r2 = torch.where(sst > 0, 1 - sse/sst.clamp_min(1e-12), torch.nan)
+        return None if r2.isnan().all() else r2.nanmean().item()
 
 # %% ../nbs/05_metrics.ipynb #ae582e33
 class TaskLoss(TaskMetric):

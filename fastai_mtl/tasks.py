@@ -1,4 +1,4 @@
-"""`SegmentationTask`, `ClassificationTask` and `BoxTask`: each kind of target, from DataFrame cell to head, loss, metrics and display
+"""`SegmentationTask`, `ClassificationTask`, `BoxTask`, `MultiLabelTask`, `RegressionTask`: each kind of target, from DataFrame cell to head, loss, metrics and display; and how to write your own
 
 Docs: https://fastai-mtl.github.io/fastai_mtl/tasks.html.md"""
 
@@ -7,7 +7,6 @@ Docs: https://fastai-mtl.github.io/fastai_mtl/tasks.html.md"""
 # %% ../nbs/08_tasks.ipynb #6c4ea195
 from __future__ import annotations
 from fastai.vision.all import *
-from fastai.vision.core import _draw_rect
 from .core import *
 from .transforms import *
 from .losses import *
@@ -16,7 +15,7 @@ from .layers import *
 from .loader import MTLDataLoader
 
 # %% auto #0
-__all__ = ['SegmentationTask', 'ClassificationTask', 'BoxTask']
+__all__ = ['SegmentationTask', 'ClassificationTask', 'BoxTask', 'MultiLabelTask', 'RegressionTask']
 
 # %% ../nbs/08_tasks.ipynb #bad311d5
 class _ColTask(Task):
@@ -210,5 +209,96 @@ class BoxTask(_ColTask):
     def show(self, o, ctx=None, pred=False, color=None, **kwargs):
         b = tensor(o).view(-1, 4).float() if o is not None else None
         if b is None or b.isnan().any(): return f'{self.name}: —'
-        _draw_rect(ctx, b[0], hw=False, color=ifnone(color, 'yellow' if pred else 'white'))
+        TensorBBox(b[:1]).show(ctx=ctx, color=ifnone(color, 'yellow' if pred else 'white'))
         return None
+
+# %% ../nbs/08_tasks.ipynb #21dfd3e1
+class MultiLabelTask(_ColTask):
+    "Any number of labels per image from a `vocab` (column `col`: a list, or a string split at `label_delim`; the cell `empty`: none)"
+    kind, sentinel, item_dims = 'multi', float('nan'), 1
+    def __init__(self, col:str, vocab:list=None, label_delim:str=' ', empty:str='none', name:str=None, weight:float=None,
+                 loss_func=None, thresh:float=0.5, beta:float=1., **head_kwargs):
+        super().__init__(col, name, weight, loss_func, **head_kwargs)
+        self.vocab,self.label_delim,self.empty,self.thresh,self.beta = vocab,label_delim,empty,thresh,beta
+    def default_loss(self): return MaskedBCEWithLogits()
+    def getter(self, path=None): return ColGetter(self.cols[0])
+    @property
+    def block(self):
+        return TransformBlock(type_tfms=MultiLabelEncode(self.vocab, self.label_delim, self.empty, task=self), dl_type=MTLDataLoader)
+    def check_df(self, df, path=None):
+        super().check_df(df, path)
+        if self.vocab is None: return
+        enc = MultiLabelEncode(self.vocab, self.label_delim, self.empty)
+        ok = set(self.vocab)
+        self._bad_rows(df, df[self.cols[0]].map(lambda v: bool(set(enc._labels(v) or []) - ok)),
+                       f'have a label outside the vocab {list(self.vocab)}')
+    @property
+    def n_out(self):
+        if self.vocab is None: raise MTLDataError(f'{self!r} has no vocab yet: build the DataLoaders first, or pass `vocab=`')
+        return len(self.vocab)
+    def create_head(self, nf, features=None, img_size=None, decoder=None, **kwargs):
+        "fastai's `create_head` to one logit per class"
+        return ClassificationHead(nf, self.n_out, **{**self.head_kwargs, **kwargs})
+    def metrics(self, i):
+        return [TaskAccuracyMulti(i, task=self.name, labelled=self.labelled_items, thresh=self.thresh),
+                TaskFBetaMulti(i, task=self.name, labelled=self.labelled_items, beta=self.beta, thresh=self.thresh)]
+    def constant_pred(self, targ):
+        "Logits `(n_classes,)` of each class's frequency among the labelled samples (0.5 when none)"
+        t = targ.reshape(-1, targ.shape[-1])[self.labelled_items(targ).reshape(-1)].float()
+        p = t.mean(0) if len(t) else torch.full((targ.shape[-1],), 0.5)
+        return torch.logit(p.clamp(1e-4, 1-1e-4))
+    def activation(self, pred): return torch.sigmoid(pred)
+    def decodes(self, pred): return TensorMultiLabel((pred > self.thresh).float())
+    def to_source(self, act, frame=None):
+        "`(labels, probs)`: the labels whose probability exceeds `thresh`, and every class's probability"
+        return [self.vocab[i] for i in torch.nonzero(act > self.thresh).flatten().tolist()], act
+    def show(self, o, ctx=None, pred=False, **kwargs):
+        if o is None: return f'{self.name}: —'
+        return f"{self.name}: {', '.join(map(str, o)) if len(o) else 'none'}"
+
+# %% ../nbs/08_tasks.ipynb #ad0e206f
+class RegressionTask(_ColTask):
+    "One or more numbers per image (columns `cols`); a row with all of them empty is missing"
+    kind, sentinel, item_dims = 'value', float('nan'), 1
+    def __init__(self, cols, name:str=None, weight:float=None, loss_func=None, loss:str='mse', **head_kwargs):
+        super().__init__(cols, name, weight, loss_func, **head_kwargs)
+        self.loss_kind,self.mean,self.std = loss,None,None
+    def default_loss(self): return MaskedRegressionLoss(self.loss_kind)
+    def getter(self, path=None): return ColGetter(self.cols)
+    @property
+    def block(self): return TransformBlock(type_tfms=ValuesReader(len(self.cols), task=self), dl_type=MTLDataLoader)
+    def labelled(self, df): return ~df[self.cols].apply(missing_mask).any(axis=1)
+    def check_df(self, df, path=None):
+        super().check_df(df, path)
+        miss = df[self.cols].apply(missing_mask)
+        self._bad_rows(df, miss.any(axis=1) & ~miss.all(axis=1), f'have some but not all of the {len(self.cols)} values')
+        lab = ~miss.any(axis=1)
+        vals = df.loc[lab, self.cols].apply(pd.to_numeric, errors='coerce')
+        self._bad_rows(df.loc[lab], vals.isna().any(axis=1), 'have a value that is not a number')
+    def setup(self, dls):
+        "The mean and standard deviation of each value over the labelled training rows (the head's units)"
+        items = getattr(dls.train, 'items', None)
+        if isinstance(items, pd.DataFrame):
+            v = items.loc[self.labelled(items), self.cols].apply(pd.to_numeric).values.astype(np.float32)
+            if len(v):
+                self.mean, self.std = tensor(v.mean(0)), tensor(v.std(0) if len(v) > 1 else np.ones(len(self.cols))).clamp_min(1e-6)
+        return self
+    @property
+    def n_out(self): return len(self.cols)
+    def create_head(self, nf, features=None, img_size=None, decoder=None, **kwargs):
+        "A `ValueHead` (feature maps kept, as the box head) in the units of the training targets"
+        return ValueHead(nf, self.n_out, features, self.mean, self.std, **{**self.head_kwargs, **kwargs})
+    def metrics(self, i):
+        return [TaskMAE(i, task=self.name, labelled=self.labelled_items), TaskR2(i, task=self.name, labelled=self.labelled_items)]
+    def constant_pred(self, targ):
+        "The mean of the labelled values `(n_values,)` (zeros when none)"
+        t = targ.reshape(-1, targ.shape[-1])[self.labelled_items(targ).reshape(-1)].float()
+        return t.mean(0) if len(t) else torch.zeros(targ.shape[-1])
+    def to_source(self, act, frame=None):
+        "The predicted value, or `{column: value}` for several"
+        v = act.float().reshape(-1).tolist()
+        return v[0] if len(v) == 1 else dict(zip(self.cols, v))
+    def show(self, o, ctx=None, pred=False, **kwargs):
+        v = None if o is None else tensor(o).float().reshape(-1)
+        if v is None or v.isnan().any(): return f'{self.name}: —'
+        return f"{self.name}: {', '.join(f'{x:.3g}' for x in v.tolist())}"

@@ -10,8 +10,8 @@ from fastai.vision.all import *
 from .core import *
 
 # %% auto #0
-__all__ = ['TensorMTLMask', 'MTLMask', 'MaskReader', 'LabelCategorize', 'BoxReader', 'align_target', 'AlignTargets', 'ClipBoxes',
-           'ColGetter', 'SourceFrame', 'source_frame']
+__all__ = ['TensorMTLMask', 'MTLMask', 'MaskReader', 'LabelCategorize', 'BoxReader', 'TensorMultiLabel', 'MultiLabelEncode',
+           'ValuesReader', 'align_target', 'AlignTargets', 'ClipBoxes', 'ColGetter', 'SourceFrame', 'source_frame']
 
 # %% ../nbs/03_transforms.ipynb #96f7e9ad
 class TensorMTLMask(TensorMask):
@@ -131,6 +131,52 @@ class BoxReader(ItemTransform, DisplayedTransform):
         x1,y1,x2,y2 = vals
         if x1 > x2 or y1 > y2: raise MTLDataError(f'box {tuple(vals)} has x1 > x2 or y1 > y2')
         return TensorBBox.create(vals)
+
+# %% ../nbs/03_transforms.ipynb #12b20563
+class TensorMultiLabel(TensorBase):
+    "0/1 float vector of a multi-label target `(n_classes,)` (a batch: `(bs, n_classes)`); a missing target is all NaN"
+
+class MultiLabelEncode(DisplayedTransform):
+    "Labels of a cell (list, or string split at `label_delim`) -> `TensorMultiLabel` over `vocab`; missing -> NaNs; `empty` -> no label"
+    def __init__(self, vocab=None, label_delim:str=' ', empty:str='none', task=None):
+        store_attr()
+        if vocab is not None: self.vocab = CategoryMap(list(vocab), sort=False)
+    def _labels(self, o):
+        if o is None or (not is_listy(o) and is_missing(o)): return None
+        if is_listy(o): return [str(v) for v in o]
+        s = str(o).strip()
+        if s == self.empty: return []
+        return [v for v in (s.split(self.label_delim) if self.label_delim else [s]) if v]
+    def setups(self, dsets):
+        if self.vocab is None and dsets is not None:
+            vals = sorted({v for o in dsets for v in (self._labels(o) or [])})
+            if not vals: raise MTLDataError(f'{self.task or "labels"}: no labelled sample to build a vocab from; pass `vocab=`')
+            self.vocab = vals
+        self.vocab = CategoryMap(list(self.vocab), sort=False)
+        if self.task is not None: self.task.vocab = self.vocab
+    def encodes(self, o):
+        labels = self._labels(o)
+        res = torch.zeros(len(self.vocab))
+        if labels is None: return TensorMultiLabel(res.fill_(float('nan')))
+        if bad := [l for l in labels if l not in self.vocab.o2i]:
+            raise MTLDataError(f'label(s) {bad} not in the vocab {list(self.vocab)}')
+        for l in labels: res[self.vocab.o2i[l]] = 1.
+        return TensorMultiLabel(res)
+    def decodes(self, o):
+        if o.isnan().any(): return None
+        return MultiCategory([self.vocab[i] for i in torch.nonzero(o > 0.5).flatten().tolist()])
+
+class ValuesReader(ItemTransform, DisplayedTransform):
+    "Numbers of the task's column(s) -> float `TensorBase` `(n,)`; all missing -> NaNs; some missing is an error"
+    def __init__(self, n:int=1, task=None): super().__init__(); store_attr()
+    def encodes(self, o):
+        vals = list(o) if is_listy(o) else [o]
+        if len(vals) != self.n: raise MTLDataError(f'expected {self.n} value(s), got {len(vals)}: {vals}')
+        miss = [is_missing(v) for v in vals]
+        if all(miss): return TensorBase(torch.full((self.n,), float('nan')))
+        if any(miss): raise MTLDataError(f'values {tuple(vals)}: {sum(miss)} of {self.n} missing')
+        try: return TensorBase(tensor([float(v) for v in vals]))
+        except (TypeError, ValueError): raise MTLDataError(f'values {tuple(vals)} are not numbers') from None
 
 # %% ../nbs/03_transforms.ipynb #bf798f09
 @dispatch
