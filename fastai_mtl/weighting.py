@@ -7,13 +7,14 @@ Docs: https://fastai-mtl.github.io/fastai_mtl/weighting.html.md"""
 # %% ../nbs/12_weighting.ipynb #fa95db50
 from __future__ import annotations
 from fastai.vision.all import *
+from fastai.callback.fp16 import MixedPrecision
 from .core import *
 from .model import MultiTaskHead
 
 # %% auto #0
-__all__ = ['weightings', 'TaskLossSums', 'ValueColumn', 'TaskLossRecorder', 'LossWeighting', 'task_weights', 'StaticWeighting',
-           'EqualWeighting', 'dwa_weights', 'weighting_host', 'DWAState', 'StateWeighting', 'DWA', 'UncertaintyLoss',
-           'UncertaintyWeighting']
+__all__ = ['weightings', 'jd_aggregators', 'TaskLossSums', 'ValueColumn', 'TaskLossRecorder', 'LossWeighting', 'task_weights',
+           'StaticWeighting', 'EqualWeighting', 'dwa_weights', 'weighting_host', 'DWAState', 'StateWeighting', 'DWA',
+           'UncertaintyLoss', 'UncertaintyWeighting', 'jd_aggregator', 'JacobianDescent']
 
 # %% ../nbs/12_weighting.ipynb #03972b6f
 def _distributed() -> bool: return torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -352,3 +353,83 @@ class UncertaintyWeighting(StateWeighting):
         for p in self.state.parameters(): self.learn.opt.state[p]['do_wd'] = False  # no weight decay pulling s to 0
     @property
     def task_weights(self): return self.state.weights
+
+# %% ../nbs/12_weighting.ipynb #3710213a
+# TorchJD aggregators by name: (class name in `torchjd.aggregation`, default arguments)
+jd_aggregators = {'upgrad': ('UPGrad', {}), 'mgda': ('MGDA', {}), 'pcgrad': ('PCGrad', {}), 'cagrad': ('CAGrad', dict(c=0.5)),
+                  'imtl_g': ('IMTLG', {}), 'dualproj': ('DualProj', {}), 'aligned_mtl': ('AlignedMTL', {}), 'jd_mean': ('Mean', {})}
+
+def jd_aggregator(agg, **kwargs):
+    "A TorchJD `Aggregator` from a name in `jd_aggregators` (with `kwargs` over its defaults), or `agg` itself"
+    if not isinstance(agg, str): return agg
+    if agg not in jd_aggregators: raise ValueError(f'unknown aggregator {agg!r}: use one of {list(jd_aggregators)} or a TorchJD Aggregator')
+    try: import torchjd.aggregation as A
+    except ImportError as e: raise ImportError('gradient weighting needs TorchJD: `pip install torchjd`') from e
+    cls, defaults = jd_aggregators[agg]
+    return getattr(A, cls)(**{**defaults, **kwargs})
+
+def _grad_scale(learn) -> float:
+    "The loss scale of fastai's fp16 `MixedPrecision` (its `GradScaler`), 1 otherwise"
+    scaler = getattr(learn, 'scaler', None)
+    return float(scaler.get_scale()) if scaler is not None and getattr(scaler, 'is_enabled', lambda: False)() else 1.
+
+class JacobianDescent(LossWeighting):
+    "Combine the present tasks' gradients on the shared body with a TorchJD aggregator (UPGrad, MGDA, PCGrad, CAGrad, ...)"
+    show_weights = True
+    def __init__(self, aggregator='upgrad', # a name in `jd_aggregators` or a TorchJD `Aggregator`
+                 parallel_chunk_size:int=None, # rows of the Jacobian differentiated at once (None: all, with `torch.vmap`)
+                 **kwargs): # options of the aggregator named
+        self.aggregator,self.parallel_chunk_size,self.kwargs,self.agg = aggregator,parallel_chunk_size,kwargs,None
+    def __repr__(self): return f'JacobianDescent({self.aggregator!r})'
+    def setup(self):
+        super().setup()
+        if self.agg is None: self.agg = jd_aggregator(self.aggregator, **self.kwargs)
+        self.learn.loss_func.weighting = self.total
+        self._wsum,self._wn = torch.zeros(self.n_tasks),torch.zeros(self.n_tasks)
+    def total(self, losses, counts):
+        "The sum of the present tasks' losses (what is logged), keeping them for `before_backward`"
+        self.losses,self.counts = losses,counts
+        return torch.where(counts > 0, losses, 0.).sum()
+    def shared_and_own(self):
+        "The trainable parameters of the shared body, and of everything else (the heads)"
+        m = get_model(self.learn.model)
+        if not (isinstance(m, nn.Sequential) and len(m) == 2):
+            raise TypeError(f'JacobianDescent needs a model with one shared body, `nn.Sequential(body, heads)` (architecture '
+                            f"'hard'), not {type(m).__name__}: its tasks share nothing to aggregate on")
+        trainable = lambda mod: [p for p in mod.parameters() if p.requires_grad]
+        return trainable(m[0]), trainable(m[1])
+    def before_fit(self):
+        super().before_fit()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            raise RuntimeError('JacobianDescent does not support DDP: each process would aggregate its own Jacobian, '
+                               'which DDP does not synchronise; train on one device, or use a loss weighting')
+        self.shared_and_own()
+    def before_train(self):
+        super().before_train()
+        self._wsum,self._wn = torch.zeros(self.n_tasks),torch.zeros(self.n_tasks)
+    def before_backward(self):
+        from torchjd.autojac import backward, jac_to_grad
+        shared, own = self.shared_and_own()
+        present = torch.nonzero(self.counts > 0).flatten().tolist()
+        if not present: raise CancelBackwardException()
+        scale = _grad_scale(self.learn)
+        losses = [self.losses[i]*scale for i in present]
+        if own: torch.autograd.backward(sum(losses), inputs=own, retain_graph=bool(shared))
+        if shared:
+            if len(present) == 1: torch.autograd.backward(losses[0], inputs=shared)
+            else:
+                # under mixed precision one row at a time: vmap's batched backward of some ops fails in bf16
+                mixed = any(isinstance(cb, MixedPrecision) for cb in self.learn.cbs)
+                backward(losses, inputs=shared, parallel_chunk_size=1 if mixed else self.parallel_chunk_size)
+                w = jac_to_grad(shared, self.agg)
+                for p in shared:   # TorchJD may set `.grad`s as views of one tensor; optimisers zero them in place
+                    if p.grad is not None and p.grad._is_view(): p.grad = p.grad.clone()
+                if w is not None:
+                    self._wsum[present] += w.detach().float().cpu(); self._wn[present] += 1
+        raise CancelBackwardException()
+    @property
+    def task_weights(self):
+        "The mean weight the aggregator gave each task over the batches of the epoch where it was present (1 before any)"
+        return torch.where(self._wn > 0, self._wsum/self._wn.clamp_min(1), 1.)
+
+for _name in jd_aggregators: weightings.register(_name, obj=partial(JacobianDescent, _name))

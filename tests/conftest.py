@@ -15,6 +15,16 @@ def pets_path():
     return PETS
 
 
+def conv_body(n_in:int=3, widths=(8, 16, 32), classifier:bool=False):
+    """A small body: one stride-2 `ConvLayer` per width (1/2, 1/4, 1/8, ...); with `classifier`, pooling and a linear
+    layer after it, as a torchvision model has (cut it with `cut=-3`)"""
+    from torch import nn
+    from fastai.vision.all import ConvLayer
+    layers, ni = [], n_in
+    for w in widths: layers.append(ConvLayer(ni, w, stride=2)); ni = w
+    if classifier: layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(ni, 10)]
+    return nn.Sequential(*layers)
+
 @pytest.fixture(scope='module')
 def one_thread():
     "One torch thread for a module of tiny models: intra-op threads only add overhead (and contention on a busy machine)"

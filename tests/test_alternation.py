@@ -10,6 +10,7 @@ from fastai_mtl.data import MTLDataLoaders
 from fastai_mtl.learner import mtl_learner
 from fastai_mtl.alternation import *
 from copy import deepcopy
+from conftest import conv_body
 
 BS = 8
 MODES = ['epoch', 'batch', 'sum', 'mixed']
@@ -22,8 +23,7 @@ def dls():
     tasks = [SegmentationTask('mask', SHAPE_CODES), ClassificationTask('colour'), BoxTask()]
     return MTLDataLoaders.from_df(df, path, 'fn', tasks, valid_col='is_valid', bs=BS, num_workers=0)
 
-def body(): return nn.Sequential(ConvLayer(3, 8, stride=2), ConvLayer(8, 16, stride=2), ConvLayer(16, 32, stride=2),
-                                 nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+def body(): return conv_body(classifier=True)
 
 def learner(dls, alternation, cbs=None, seed=0):
     set_seed(seed)
@@ -285,7 +285,6 @@ def test_sum_mode_per_batch_losses_for_weighting(dls):
 
 @pytest.mark.parametrize('weighting', ['dwa', 'uncertainty'])
 def test_sum_mode_with_weighting(dls, weighting):
-    pytest.importorskip('fastai_mtl.weighting')
     set_seed(0)
     learn = mtl_learner(dls, body(), pretrained=False, cut=-3, decoder='light', weighting=weighting,
                         alternation=TaskAlternation('sum', epoch=2), cbs=CountSteps())

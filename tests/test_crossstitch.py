@@ -13,10 +13,9 @@ from fastai_mtl.model import create_mtl_body, create_mtl_model, MultiTaskHead
 from fastai_mtl.learner import mtl_learner
 from fastai_mtl.synth import synth_shapes, SHAPE_CODES
 from fastai_mtl.crossstitch import *
+from conftest import conv_body
 
-def small_body(n_in=3):
-    "Three conv stages, 1/2, 1/4, 1/8"
-    return nn.Sequential(ConvLayer(n_in, 8, stride=2), ConvLayer(8, 16, stride=2), ConvLayer(16, 32, stride=2))
+def small_body(n_in=3): return conv_body(n_in)   # three conv stages, 1/2, 1/4, 1/8
 
 def make_tasks(): return [SegmentationTask('mask', SHAPE_CODES), ClassificationTask('colour', vocab=['blue', 'green', 'red']), BoxTask()]
 
@@ -84,7 +83,6 @@ def test_body_stages_resnet_and_custom():
     with pytest.raises(TypeError, match='nn.Sequential'): sequential_body(nn.Conv2d(3, 4, 3))
 
 def test_timm():
-    pytest.importorskip('timm')
     body = create_mtl_body('resnet18', pretrained=False)       # stages are children of the model
     assert isinstance(body, TimmBody)
     seq = sequential_body(body, 32)

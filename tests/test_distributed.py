@@ -4,7 +4,7 @@ import numpy as np, pytest, torch
 from conftest import ROOT
 from fastai_mtl.weighting import dwa_weights
 
-pytest.importorskip('accelerate', reason="fastai's distrib_ctx needs accelerate")
+import accelerate  # noqa: F401  (fastai's distrib_ctx needs it; a dev dependency)
 
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(), reason='needs gloo')

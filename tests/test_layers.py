@@ -51,7 +51,7 @@ def test_names_override_and_errors():
     with pytest.raises(ValueError, match='cut the model'): EncoderFeatures(nn.Sequential(stages(), nn.AdaptiveAvgPool2d(1), nn.Flatten()))
 
 def test_timm_feature_info():
-    timm = pytest.importorskip('timm')
+    import timm
     f = EncoderFeatures(TimmBody(timm.create_model('resnet18', pretrained=False, num_classes=0)))
     assert f.names == ['model.act1', 'model.layer1', 'model.layer2', 'model.layer3'] and f.reductions == [2, 4, 8, 16]
     f = EncoderFeatures(TimmBody(timm.create_model('convnext_atto', pretrained=False, num_classes=0)))

@@ -479,7 +479,6 @@ def _fits_and_predicts(learn, synth, n_in=3):
 
 @pytest.mark.parametrize('arch', ['resnet18', 'convnext_atto'])
 def test_timm_backbone_by_name(synth, arch):
-    pytest.importorskip('timm')
     learn = _learner(_dls(*synth), arch)
     assert isinstance(learn.model[0], TimmBody)
     _fits_and_predicts(learn, synth)

@@ -7,6 +7,7 @@ from fastai.vision.all import (resnet18, ConvLayer, TimmBody, total_params, para
 from fastai_mtl.core import Task
 from fastai_mtl.layers import *
 from fastai_mtl.model import *
+from conftest import conv_body
 
 # --- stand-ins for fastai_mtl.tasks: heads built the way the real tasks build them -------------------------------
 class Seg(Task):
@@ -29,10 +30,7 @@ class Box(Task):
 
 TASKS = [Seg(3), Cls(), Box()]
 
-def net(n_in=3):
-    "A small classifier: conv stages, pooling, linear"
-    return nn.Sequential(ConvLayer(n_in, 8, stride=2), ConvLayer(8, 16, stride=2), ConvLayer(16, 32, stride=2),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+def net(n_in=3): return conv_body(n_in, classifier=True)   # a small classifier: conv stages, pooling, linear
 
 def shapes(model, x): return [tuple(o.shape) for o in model(x)]
 def expected(bs, h, w, n_seg=3): return [(bs, n_seg, h, w), (bs, 4), (bs, 4)]
@@ -58,7 +56,6 @@ def test_default_decoder_left_to_tasks():
 
 @pytest.mark.parametrize('arch', ['resnet18', 'convnext_atto'])
 def test_timm_by_name(arch):
-    pytest.importorskip('timm')
     m = create_mtl_model(arch, TASKS, pretrained=False, img_size=64, decoder='light')
     assert isinstance(m[0], TimmBody)
     assert shapes(m, torch.randn(2, 3, 64, 48)) == expected(2, 64, 48)
@@ -87,7 +84,6 @@ def test_n_in(n_in):
     assert in_channels(m[0]) == n_in and shapes(m, torch.randn(2, n_in, 32, 32)) == expected(2, 32, 32)
 
 def test_n_in_timm():
-    pytest.importorskip('timm')
     m = create_mtl_model('resnet18', TASKS, n_in=4, pretrained=False, img_size=64, decoder='light')
     assert shapes(m, torch.randn(2, 4, 64, 64)) == expected(2, 64, 64)
 
@@ -174,7 +170,6 @@ def test_splitter(r18_light):
     assert arch_meta(resnet18)['stats'] == imagenet_stats and 'stats' not in arch_meta(net())
 
 def test_arch_meta_timm():
-    pytest.importorskip('timm')
     meta = arch_meta('convnext_atto')
     assert len(meta['stats']) == 2 and len(meta['stats'][0]) == 3 and meta['split'] is arch_meta(net())['split']
 
@@ -216,7 +211,6 @@ def test_vision_learner_custom_head():
 
 @pytest.mark.parametrize('arch', [resnet18, 'resnet18'])
 def test_pretrained_without_network(no_network, arch):
-    if isinstance(arch, str): pytest.importorskip('timm')
     with pytest.raises(PretrainedWeightsError) as e: create_mtl_model(arch, TASKS, pretrained=True)
     msg = str(e.value)
     assert "weights='path/to/weights.pth'" in msg and 'pretrained=False' in msg and 'no network' in msg
@@ -254,7 +248,7 @@ def test_weights_from_saved_model_and_checkpoint(tmp_path, r18_light):
     assert torch.equal(b[0].weight, r18_light[0][0].weight)
 
 def test_weights_timm_file(tmp_path):
-    timm = pytest.importorskip('timm')
+    import timm
     tm = timm.create_model('resnet18', pretrained=False, num_classes=0); fn = tmp_path/'t.pth'
     torch.save(tm.state_dict(), fn)
     b = create_mtl_body('resnet18', weights=fn)

@@ -63,3 +63,15 @@ def test_packaging():
 def test_import_all():
     r = subprocess.run([sys.executable, '-c', 'from fastai_mtl.all import *'], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+def test_star_import_shadows_nothing():
+    "`from fastai_mtl.all import *` adds names; none of them replaces one of fastai's or torch's with another object"
+    import torch, torch.utils.data
+    ns_fastai, ns_mtl = {}, {}
+    exec('from fastai.vision.all import *', ns_fastai)
+    exec('from fastai_mtl.all import *', ns_mtl)
+    clashes = [k for k, v in ns_mtl.items() if not k.startswith('__') and k in ns_fastai and ns_fastai[k] is not v]
+    assert not clashes, f'fastai_mtl shadows fastai names: {clashes}'
+    torch_names = set(dir(torch)) | set(dir(torch.nn)) | set(dir(torch.utils.data))
+    ours = [k for k in ns_mtl if k not in ns_fastai and not k.startswith('_')]
+    assert not (set(ours) & torch_names), f'fastai_mtl uses torch names: {sorted(set(ours) & torch_names)}'

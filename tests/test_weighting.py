@@ -9,6 +9,7 @@ from fastai_mtl.tasks import SegmentationTask, ClassificationTask, BoxTask
 from fastai_mtl.data import MTLDataLoaders
 from fastai_mtl.learner import mtl_learner, MaskedMultiLoss
 from fastai_mtl.weighting import *
+from conftest import conv_body
 
 pytestmark = pytest.mark.usefixtures('one_thread')   # tests/conftest.py
 
@@ -19,9 +20,7 @@ def dls():
     # purely random batches: 51 training images, 3 batches per epoch, which the window tests count on
     return MTLDataLoaders.from_df(df, path, 'fn', tasks, valid_col='is_valid', bs=16, num_workers=0, sampler='mixed')
 
-def net():
-    return nn.Sequential(ConvLayer(3, 8, stride=2), ConvLayer(8, 16, stride=2), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(16, 10))
+def net(): return conv_body(widths=(8, 16), classifier=True)
 
 def learner(dls, seed=0, **kwargs):
     "A tiny deterministic multi-task learner (3 tasks) without progress bar"
@@ -155,7 +154,6 @@ def test_dwa_one_task_per_epoch(dls):
 @pytest.mark.parametrize('mode', ['epoch', 'sum'])
 def test_dwa_with_task_alternation(dls, mode):
     "DWA composes with `TaskAlternation`: its epoch losses are the exact means over the labelled items of what was drawn"
-    pytest.importorskip('fastai_mtl.alternation')
     learn = learner(dls, weighting='dwa', alternation=mode, cbs=BatchLog())
     learn.fit(3, 1e-2)
     L = np.stack([learn.batch_log.epoch_means(e).numpy() for e in range(3)])
