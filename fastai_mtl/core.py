@@ -103,6 +103,9 @@ class Task:
         "Raise `MTLDataError` naming the rows of `df` this task cannot use"
         miss = [c for c in self.cols if c not in df.columns]
         if miss: raise MTLDataError(f'{self!r}: column(s) {miss} not in the DataFrame (columns: {list(df.columns)})')
+    def check_files(self, df:pd.DataFrame, path, sizes:dict, full:bool=False) -> list:
+        "Problems with the files this task reads, one string per file naming its row (`sizes`: each row's image size (w, h)); `full`: decode them"
+        return []
     def setup(self, dls):
         "Learn what only the built DataLoaders know (e.g. the vocab); called by `MTLDataLoaders`"
         return self

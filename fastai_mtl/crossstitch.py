@@ -18,7 +18,7 @@ from copy import deepcopy
 
 # %% auto #0
 __all__ = ['cross_stitch_init', 'CrossStitchUnit', 'sequential_body', 'body_stages', 'FeatureSlot', 'StageFeatures',
-           'FrozenEncoder', 'BranchHeads', 'CrossStitchModel', 'cross_stitch_splitter', 'create_cross_stitch_model',
+           'FrozenEncoder', 'CrossStitchModel', 'cross_stitch_splitter', 'create_cross_stitch_model',
            'plot_cross_stitch', 'create_transfer_model', 'transfer_learner']
 
 # %% ../nbs/14_crossstitch.ipynb #6eed0d32
@@ -146,17 +146,6 @@ class FrozenEncoder(Module):
     def train(self, mode:bool=True): return super().train(False)
     def forward(self, x): return self.body(x)
 
-# %% ../nbs/14_crossstitch.ipynb #a59934e1
-class BranchHeads(MultiTaskHead):
-    "A `MultiTaskHead` with a head per task on its own branch: `forward(xs)` takes one feature map per task"
-    def __init__(self, tasks, nf:int, features:list, **kwargs):
-        self.names, self.features = [t.name for t in tasks], list(features)
-        self.heads = nn.ModuleList([t.create_head(nf, f, **kwargs) for t,f in zip(tasks, self.features)])
-    def forward(self, xs):
-        try: return tuple(TensorBase(h(x)) for h,x in zip(self.heads, xs))
-        finally:
-            for f in self.features: f.clear()  # free the feature maps; a later head-only call fails clearly
-
 # %% ../nbs/14_crossstitch.ipynb #ceb84a1e
 def _run(seq:nn.Sequential, r:tuple, x): return seq[r[0]:r[1]](x)
 
@@ -189,7 +178,7 @@ class CrossStitchModel(Module):
         if len(self.aux_names) != n_aux: raise ValueError(f'{len(self.aux_names)} aux_names for {n_aux} aux encoders')
         self.stage_shapes, self.img_size = shapes, img_size
         self.features = [StageFeatures(_in_channels(branches[0]), img_size, shapes) for _ in tasks]
-        self.heads = BranchHeads(tasks, shapes[-1][0], self.features, **kwargs)
+        self.heads = MultiTaskHead(tasks, shapes[-1][0], self.features, **kwargs)
 
     @property
     def branch_names(self) -> list: return self.names + self.aux_names

@@ -13,7 +13,7 @@ from .loader import *
 from .tasks import *
 
 # %% auto #0
-__all__ = ['check_task', 'check_mtl_df', 'mtl_datablock', 'shortcut_tasks', 'MTLDataLoaders']
+__all__ = ['check_task', 'check_mtl_df', 'check_files', 'check_split', 'mtl_datablock', 'shortcut_tasks', 'MTLDataLoaders']
 
 # %% ../nbs/09_data.ipynb #199d03a7
 def check_task(t):
@@ -45,6 +45,41 @@ def check_mtl_df(df:pd.DataFrame, path, fn_col:str, tasks:list):
     if absent.any(): raise MTLDataError(f'{int(absent.sum())} image file(s) not found under {path}: '
                                         + '; '.join(row_desc(df.loc[r], [fn_col]) for r in df.index[absent][:5]))
     for t in tasks: t.check_df(df, path)
+
+_DEEP_MODES = ('I', 'F', 'I;16', 'I;16B', 'I;16L', 'I;16N')   # 16-bit and float images: 8-bit RGB would saturate them
+
+def check_files(df:pd.DataFrame, path, fn_col:str, tasks:list, full:bool=False, same_size:bool=False):
+    "Open every image of `df` and each task's files (`Task.check_files`): headers only, or decoded with `full`; raise `MTLDataError` listing every bad file"
+    errs,sizes = [],{}
+    items = list(zip(df.index, df[fn_col]))
+    it = progress_bar(items, leave=False) if full or len(items) > 2000 else items
+    for r,fn in it:
+        f = Path(path)/fn
+        try:
+            with Image.open(f) as im:
+                if full: im.load()
+                sizes[r], mode = im.size, im.mode
+            if mode in _DEEP_MODES:
+                errs.append(f"{row_desc(df.loc[r], [fn_col])}: image '{f}' has mode {mode!r} (16-bit or float): converting it to "
+                            "8-bit RGB would saturate it; rescale it to 8 bits first (e.g. to 0..255 over its own range)")
+        except Exception as e: errs.append(f"{row_desc(df.loc[r], [fn_col])}: image '{f}' cannot be read ({type(e).__name__}: {e})")
+    if same_size and len(set(sizes.values())) > 1:
+        by = {}
+        for r,s in sizes.items(): by.setdefault(s, r)
+        ex = '; '.join(f'{w}x{h} in {row_desc(df.loc[r], [fn_col])}' for (w,h),r in list(by.items())[:3])
+        errs.append(f'the images have {len(by)} different sizes ({ex}) and nothing resizes them: pass `size=` (or `item_tfms=Resize(...)`)')
+    for t in tasks: errs += t.check_files(df, path, sizes, full)
+    if errs: raise MTLDataError(f'{len(errs)} problem(s) with the files{" (decoded)" if full else ""}:\n  ' + '\n  '.join(errs[:20])
+                                + (f'\n  ... and {len(errs)-20} more' if len(errs) > 20 else ''))
+
+def check_split(df:pd.DataFrame, splits, fn_col:str):
+    "Refuse images that are in both the training and the validation set (leakage)"
+    tr,va = df.iloc[splits[0]],df.iloc[splits[1]]
+    both = sorted(set(tr[fn_col]) & set(va[fn_col]))
+    if both: raise MTLDataError(
+        f'{len(both)} image file(s) are both in the training and the validation set (the validation metrics would measure '
+        f'memory, not learning): ' + '; '.join(f'{f!r} (rows {list(df.index[df[fn_col] == f])})' for f in both[:5])
+        + ('; ...' if len(both) > 5 else '') + '. Drop the duplicate rows, or split by image file')
 
 # %% ../nbs/09_data.ipynb #290f662f
 def mtl_datablock(tasks:list, path='.', fn_col:str='fn', splitter=None, item_tfms=None, batch_tfms=None,
@@ -82,6 +117,7 @@ class MTLDataLoaders(DataLoaders):
                 img_cls=PILImage, # the image type: `PILImageBW` for single-channel images (with `n_in=1` in the learner)
                 sampler:MTLSampler|str='balanced', # how training batches are drawn: a `MTLSampler`, 'balanced', 'mixed', 'task', 'epoch'; None: fastai's shuffling
                 mask_col:str=None, codes:list=None, label_col:str|list=None, box_cols:list=None, code_map:dict=None, # shortcut for `tasks`
+                check:str='fast', # 'fast': read every file's header; 'full': decode every image and mask once; None: only the DataFrame
                 **kwargs):
         "Build from `df` (a row per image, paths relative to `path`); empty cells are missing targets"
         path = Path(path)
@@ -89,8 +125,14 @@ class MTLDataLoaders(DataLoaders):
         check_mtl_df(df, path, fn_col, tasks)
         if valid_col is not None and valid_col not in df.columns:
             raise MTLDataError(f'valid_col {valid_col!r} not in the DataFrame (columns: {list(df.columns)})')
+        if check not in ('fast', 'full', None, False): raise ValueError(f"check must be 'fast', 'full' or None, got {check!r}")
+        if check: check_files(df, path, fn_col, tasks, full=check == 'full', same_size=item_tfms is None and size is None)
         splitter = ColSplitter(valid_col) if valid_col is not None else RandomSplitter(valid_pct, seed=seed)
         splits = splitter(df)
+        check_split(df, splits, fn_col)
+        if bs < 2: raise MTLDataError(f'bs={bs}: batchnorm layers need at least 2 samples per training batch; use bs >= 2')
+        if len(splits[0]) < bs and (sampler is None or samplers.resolve(sampler) in (MixedSampler,) or isinstance(sampler, MixedSampler)):
+            raise MTLDataError(f'the training set has {len(splits[0])} images, fewer than a batch of bs={bs}: lower `bs`')
         if item_tfms is None and size is not None: item_tfms = Resize(size, method=ResizeMethod.Squish)
         dblock = mtl_datablock(tasks, path, fn_col, lambda _: splits, item_tfms, batch_tfms, img_cls=img_cls)
         dl_kwargs = [{'sampler': sampler, 'tasks': tasks}, {'sampler': None, 'tasks': tasks}]
@@ -99,6 +141,8 @@ class MTLDataLoaders(DataLoaders):
             if str(e).startswith('sample '): raise
             # fastai loads the first training sample to learn the types: name it
             raise MTLDataError(f'sample 0, {row_desc(df.iloc[splits[0][0]])}: {e}') from e
+        except Exception as e:
+            raise MTLDataError(f'sample 0, {row_desc(df.iloc[splits[0][0]])}: {type(e).__name__}: {e}') from e
         res = cls(*dls.loaders, path=path, device=dls.device)
         res.fn_col = fn_col
         res.setup_tasks()

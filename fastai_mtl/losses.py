@@ -12,8 +12,8 @@ from torchvision.ops import box_iou, distance_box_iou_loss, generalized_box_iou_
 from .core import *
 
 # %% auto #0
-__all__ = ['plain_tensor', 'masked_mean', 'MaskedLoss', 'MaskedCrossEntropy', 'MaskedDiceLoss', 'SegmentationLoss', 'flat_boxes',
-           'has_box', 'sort_corners', 'box_iou_pairs', 'BoxLoss', 'DIoULoss', 'GIoULoss', 'L1BoxLoss',
+__all__ = ['plain_tensor', 'masked_mean', 'mask_pred', 'MaskedLoss', 'MaskedCrossEntropy', 'MaskedDiceLoss', 'SegmentationLoss',
+           'flat_boxes', 'has_box', 'sort_corners', 'box_iou_pairs', 'BoxLoss', 'DIoULoss', 'GIoULoss', 'L1BoxLoss',
            'MaskedBCEWithLogits', 'MaskedRegressionLoss']
 
 # %% ../nbs/04_losses.ipynb #ba766078
@@ -28,6 +28,12 @@ def masked_mean(l:Tensor, m:Tensor, denom:Tensor=None) -> Tensor:
     return torch.where(m, l, 0.).sum() / torch.where(d > 0, d, 1).to(l.dtype)
 
 # %% ../nbs/04_losses.ipynb #5336da6e
+def mask_pred(pred:Tensor, m:Tensor) -> Tensor:
+    "`pred` with the predictions of the unlabelled items (not `m`) set to 0, before any arithmetic: no NaN or inf reaches the loss or its gradient"
+    if m.dim() >= 2 and m.dim() == pred.dim() - 1 and m.shape[1:] == pred.shape[2:]: mm = m.unsqueeze(1)   # dense: (bs, C, ...)
+    else: mm = m.reshape(m.shape[0], *[1]*(pred.dim() - 1))                                          # one item per sample
+    return torch.where(mm, pred, torch.zeros((), dtype=pred.dtype, device=pred.device))
+
 class MaskedLoss:
     "Base of the per-task losses: `loss_fn(pred, targ) -> (loss, n)`, the mean over labelled items and their number"
     name = 'loss'
@@ -41,6 +47,7 @@ class MaskedLoss:
         "`(loss, n)`; `labelled` (the task's `labelled_items`) replaces the loss's own rule when given"
         pred,targ = plain_tensor(pred),plain_tensor(targ)
         m = self.labelled(targ) if labelled is None else plain_tensor(labelled)
+        pred = mask_pred(pred, m)
         n = m.sum()
         return self.masked_loss(pred, targ, m, n), n
     def __repr__(self): return basic_repr(list(inspect.signature(type(self).__init__).parameters)[1:])(self)

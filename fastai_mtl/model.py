@@ -19,16 +19,35 @@ __all__ = ['architectures', 'MultiTaskHead', 'PretrainedWeightsError', 'read_sta
            'mtl_splitter']
 
 # %% ../nbs/10_model.ipynb #11da1df6
+def _fit_weighting_state(head, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    "Load hook: a loss weighting's state in a checkpoint and in the model may differ (another strategy, or none): keep the model's, with a warning"
+    pre = prefix + 'loss_weighting.'
+    saved = {k for k in state_dict if k.startswith(pre)}
+    here = {pre + k: v for k,v in getattr(head, 'loss_weighting', nn.Module()).state_dict().items()}
+    if saved == set(here) or (not saved and not here): return
+    for k in saved - set(here): del state_dict[k]
+    for k in set(here) - saved: state_dict[k] = here[k]
+    what = type(getattr(head, 'loss_weighting', None)).__name__ if here else 'none'
+    warnings.warn(f"the checkpoint's loss weighting state ({sorted(k[len(pre):] for k in saved) or 'none'}) is not this "
+                  f"model's ({what}): the model's is kept (a weighting strategy starts again from its initial state)")
+
 class MultiTaskHead(Module):
     "One head per task on the body's output (`nf` channels); returns their outputs as a tuple in the order of `tasks`"
-    def __init__(self, tasks, nf:int, features:EncoderFeatures=None, **kwargs):
+    def __init__(self, tasks, nf:int,
+                 features=None, # the body's `EncoderFeatures`, or one per task (a model with a branch per task)
+                 **kwargs):
         self.names,self.features = [t.name for t in tasks],features
-        self.heads = nn.ModuleList([t.create_head(nf, features, **kwargs) for t in tasks])
+        feats = list(features) if isinstance(features, (list, tuple)) else [features]*len(tasks)
+        self.heads = nn.ModuleList([t.create_head(nf, f, **kwargs) for t,f in zip(tasks, feats)])
+        self._register_load_state_dict_pre_hook(_fit_weighting_state, with_module=True)
 
     def forward(self, x):
-        try: return tuple(TensorBase(h(x)) for h in self.heads)
-        finally:
-            if self.features is not None: self.features.clear()  # free the feature maps; a later head-only call fails clearly
+        "`x`: the body's output, or one feature map per task (a list)"
+        xs = x if isinstance(x, (list, tuple)) else [x]*len(self.heads)
+        try: return tuple(TensorBase(h(o)) for h,o in zip(self.heads, xs))
+        finally:   # free the feature maps; a later head-only call fails clearly
+            for f in L(self.features):
+                if f is not None: f.clear()
 
 # %% ../nbs/10_model.ipynb #eb88f008
 class PretrainedWeightsError(RuntimeError):

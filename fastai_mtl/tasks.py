@@ -13,6 +13,7 @@ from .losses import *
 from .metrics import *
 from .layers import *
 from .loader import MTLDataLoader
+from .transforms import _as_label
 
 # %% auto #0
 __all__ = ['SegmentationTask', 'ClassificationTask', 'BoxTask', 'MultiLabelTask', 'RegressionTask']
@@ -75,6 +76,22 @@ class SegmentationTask(_ColTask):
         lab = self.labelled(df)
         fns = df.loc[lab, self.cols[0]]
         self._bad_rows(df.loc[lab], ~fns.map(lambda f: (Path(path)/f).is_file()), f'name a mask file missing from {path}')
+    def check_files(self, df, path, sizes, full=False):
+        "Each mask's header (readable, one index per pixel, its image's size); with `full`, its values too (`MaskReader`)"
+        errs, reader = [], MaskReader(self.codes, self.code_map)
+        for r,fn in df.loc[self.labelled(df), self.cols[0]].items():
+            f = Path(path)/fn
+            try:
+                with Image.open(f) as im:
+                    size, mode = im.size, im.mode
+                    if full: reader(im.copy() if mode != 'L' else im)
+                if mode in ('RGB', 'RGBA', 'CMYK', 'YCbCr', 'LAB', 'HSV'):
+                    errs.append(f"{row_desc(df.loc[r], self.cols)}: mask '{f}' has mode {mode!r}: a mask holds one class index per pixel (mode 'L' or 'P'), not colours")
+                elif r in sizes and size != sizes[r]:
+                    errs.append(f"{row_desc(df.loc[r], self.cols)}: mask '{f}' is {size[0]}x{size[1]} (w x h) but its image is {sizes[r][0]}x{sizes[r][1]}")
+            except MTLDataError as e: errs.append(f'{row_desc(df.loc[r], self.cols)}: {e}')
+            except Exception as e: errs.append(f"{row_desc(df.loc[r], self.cols)}: mask '{f}' cannot be read ({type(e).__name__}: {e})")
+        return errs
 
     @property
     def n_out(self): return len(self.codes)
@@ -130,11 +147,24 @@ class ClassificationTask(_ColTask):
                               dl_type=MTLDataLoader)
     def check_df(self, df, path=None):
         super().check_df(df, path)
+        labels = df[self.cols[0]].map(_as_label)
+        kinds = labels.map(lambda l: None if is_missing(l) else 'text' if isinstance(l, str) else 'number')
+        if kinds.nunique() > 1:
+            ex = '; '.join(f'{k} in {row_desc(df.loc[kinds.index[kinds == k][0]], self.cols)}' for k in ('number', 'text'))
+            raise MTLDataError(f'{self!r}: column {self.cols[0]!r} mixes numbers and text ({ex}): make the labels all text '
+                               f'(`df[{self.cols[0]!r}] = df[{self.cols[0]!r}].astype(str)`, keeping the empty cells empty) or all numbers')
         if self.vocab is None: return
         ok = set(self.vocab)
-        from fastai_mtl.transforms import _as_label
-        self._bad_rows(df, df[self.cols[0]].map(lambda v: (l := _as_label(v)) is not None and l not in ok),
-                       f'have a label outside the vocab {list(self.vocab)}')
+        self._bad_rows(df, labels.map(lambda l: not is_missing(l) and l not in ok), f'have a label outside the vocab {list(self.vocab)}')
+    def setup(self, dls):
+        "Refuse a task with fewer than two classes among its labelled training rows: there is nothing to learn"
+        items = getattr(dls.train, 'items', None)
+        if isinstance(items, pd.DataFrame):
+            seen = {l for l in items[self.cols[0]].map(_as_label) if not is_missing(l)}
+            if len(seen) == 1: raise MTLDataError(
+                f'{self!r}: every labelled training row has the class {next(iter(seen))!r}: a single class has nothing to '
+                'learn (the loss would be 0 and the accuracy 1). Check the column, or leave the task out')
+        return self
 
     @property
     def n_out(self):
@@ -182,6 +212,7 @@ class BoxTask(_ColTask):
         self._bad_rows(df.loc[lab], vals.isna().any(axis=1), 'have non-numeric box coordinates')
         x1,y1,x2,y2 = [vals[c] for c in self.cols]
         self._bad_rows(df.loc[lab], (x1 > x2) | (y1 > y2), 'have a box with x1 > x2 or y1 > y2')
+        self._bad_rows(df.loc[lab], (x1 == x2) | (y1 == y2), 'have a box of zero width or height (leave the cells empty for "no box")')
         self._bad_rows(df.loc[lab], (vals < 0).any(axis=1), 'have a box with negative coordinates')
 
     def setup(self, dls):

@@ -55,6 +55,13 @@ class MaskReader(DisplayedTransform):
         if o is None: return MTLMask.create(np.full((1,1), IGNORE_INDEX, dtype=np.uint8))
         im = self._read(o)
         if self.code_map: im = im.point(self.lut)
+        elif self.codes is not None and len(self.codes) == 2:
+            hist = im.histogram()
+            if hist[IGNORE_INDEX] and sum(hist) == hist[0] + hist[IGNORE_INDEX]: raise MTLDataError(
+                f"mask {self._desc(o)} holds only the values 0 and 255, with the 2 codes {list(self.codes)}: 255 is "
+                f"fastai_mtl's ignore value (IGNORE_INDEX), so every 255 pixel would be left out. If 255 means "
+                f"{self.codes[1]!r} (a binary mask saved as 0/255), pass `code_map={{255: 1}}`; if it marks pixels to "
+                f"ignore, pass `code_map={{255: IGNORE_INDEX}}`")
         if self.codes is not None:
             hist = im.histogram()  # fast (C) count of each value, cheaper than decoding the image
             bad = [v for v in range(len(self.codes), 256) if hist[v] and v != IGNORE_INDEX]
@@ -70,7 +77,7 @@ class MaskReader(DisplayedTransform):
         if isinstance(o, np.ndarray): return self._from_array(o, o)
         im = o if isinstance(o, Image.Image) else Image.open(o)
         if im.mode == 'L': return im
-        if im.mode in ('P', '1', 'I', 'I;16'): return self._from_array(np.asarray(im), o)
+        if im.mode in ('P', '1', 'I', 'F') or im.mode.startswith('I;16'): return self._from_array(np.asarray(im), o)
         raise MTLDataError(f"mask {self._desc(o)} has mode {im.mode!r}: a mask must hold one class index per "
                            "pixel (mode 'L' or 'P'), not colours")
 
@@ -79,6 +86,8 @@ class MaskReader(DisplayedTransform):
         if arr.dtype != np.uint8:
             if arr.size and (arr.min() < 0 or arr.max() > 255):
                 raise MTLDataError(f'mask {self._desc(o)} has values outside 0..255 ({arr.min()}..{arr.max()})')
+            if arr.dtype.kind == 'f' and arr.size and not np.array_equal(arr, np.round(arr)):
+                raise MTLDataError(f'mask {self._desc(o)} holds fractional values: a mask holds one class index per pixel')
             arr = arr.astype(np.uint8)
         return Image.fromarray(arr, mode='L')
 

@@ -209,10 +209,11 @@ def weighting_host(model:nn.Module) -> nn.Module:
     return host
 
 class DWAState(Module):
-    "Dynamic Weight Averaging's history, kept in the model so `learn.save` / `learn.load` carry it: one row per period"
+    "Dynamic Weight Averaging's history, buffers of the model (tensors only: `learn.save`, `learn.load`, safetensors carry it): one row per period"
     _keys = ('losses', 'counts', 'ratios', 'weights')
     def __init__(self, n_tasks:int):
         self.n_tasks,self.sums = n_tasks,TaskLossSums(n_tasks)
+        for k in self._keys: self.register_buffer(k, torch.zeros(0, n_tasks))
         self.clear()
     def clear(self):
         "Forget every period, and the running sums of the current one"
@@ -223,12 +224,22 @@ class DWAState(Module):
         "Add the row of a finished period"
         for k,v in zip(self._keys, (losses, counts, ratios, weights)):
             setattr(self, k, torch.cat([getattr(self, k), tensor(v).float().view(1, -1)]))
-    def get_extra_state(self): return {**{k: getattr(self, k).clone() for k in self._keys}, 'sums': self.sums.state()}
-    def set_extra_state(self, state):
-        if state['losses'].shape[-1] != self.n_tasks:
-            raise ValueError(f'the saved DWA state has {state["losses"].shape[-1]} tasks, this model {self.n_tasks}')
-        for k in self._keys: setattr(self, k, state[k].float().clone().view(-1, self.n_tasks))
-        self.sums.load(state['sums'])
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        s = self.sums   # the open period's running sums, as tensors
+        destination[prefix + 'open_period'] = torch.stack([s.sums, s.counts, s.batches, s.items]).clone()
+        destination[prefix + 'open_batches'] = torch.tensor(s.n_batches)
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        if (k := prefix + 'losses') in state_dict:
+            if (n := state_dict[k].shape[-1]) != self.n_tasks: raise ValueError(f'the saved DWA state has {n} tasks, this model {self.n_tasks}')
+            for key in self._keys: setattr(self, key, torch.empty_like(state_dict[prefix + key]))   # the saved number of periods
+        if (op := state_dict.get(prefix + 'open_period')) is not None:
+            s = self.sums
+            s.sums,s.counts,s.batches,s.items = (t.clone() for t in op.double().unbind(0))
+            s.n_batches = int(state_dict.get(prefix + 'open_batches', 0))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        for key in ('open_period', 'open_batches'):
+            if prefix + key in unexpected_keys: unexpected_keys.remove(prefix + key)
     def extra_repr(self): return f'n_tasks={self.n_tasks}, periods={len(self)}'
 
 # %% ../nbs/12_weighting.ipynb #7be5684e

@@ -232,7 +232,9 @@ def _load_all(dls):
 def test_corrupt_image(synth_copy):
     path, df = synth_copy
     (path/df.fn[5]).write_bytes(b'this is not an image')
-    dls = dls_of(path, df, tasks=[ClassificationTask('shape')])
+    with pytest.raises(MTLDataError, match=rf"row 5 \(fn='{df.fn[5]}'\): image .* cannot be read \(UnidentifiedImageError"):
+        dls_of(path, df, tasks=[ClassificationTask('shape')])              # the default check reads every header
+    dls = dls_of(path, df, tasks=[ClassificationTask('shape')], check=None)   # without it: found when loaded, still named
     with pytest.raises(MTLDataError, match=rf"row 5 \(fn='{df.fn[5]}'.*UnidentifiedImageError"): _load_all(dls)
 
 def test_missing_image_file(synth_copy):
@@ -249,8 +251,10 @@ def test_mask_of_wrong_size(synth_copy):
     path, df = synth_copy
     i = df.index[df['mask'].notna()][0]
     Image.fromarray(np.zeros((20, 32), np.uint8)).save(path/df['mask'][i])
+    with pytest.raises(MTLDataError, match=rf"row {i} \(mask='{df['mask'][i]}'\): mask .* is 32x20 \(w x h\) but its image is 32x32"):
+        dls_of(path, df)   # found by the default check (headers only)
     with pytest.raises(MTLDataError, match=rf"row {i} \(fn='{df.fn[i]}', mask='{df['mask'][i]}'.*mask is 32x20 \(w x h\) but its image is 32x32"):
-        _load_all(dls_of(path, df))  # found while building the DataLoaders (they load a sample) or when loading
+        _load_all(dls_of(path, df, check=None))  # without it: found while building the DataLoaders (they load a sample) or when loading
 
 def test_mask_values_outside_codes(synth_copy):
     path, df = synth_copy

@@ -133,3 +133,35 @@ def test_cuda(loss_fn):
     assert loss.device.type == 'cuda' and n.device.type == 'cuda'
     torch.testing.assert_close(loss.cpu(), loss_fn(pred, targ)[0])
     loss.backward()
+
+# --- predictions of unlabelled items can be anything: the loss and its gradient stay those of the labelled ones ----
+EXTREME = [float('inf'), -float('inf'), float('nan'), 1e30, -1e30]
+
+def _cases():
+    from fastai_mtl.losses import MaskedCrossEntropy, SegmentationLoss, MaskedDiceLoss, DIoULoss, GIoULoss, L1BoxLoss, \
+        MaskedBCEWithLogits, MaskedRegressionLoss
+    nan = float('nan')
+    torch.manual_seed(0)
+    seg_t = torch.randint(0, 3, (3, 4, 4)); seg_t[2] = IGNORE_INDEX; seg_t[0, 0] = IGNORE_INDEX
+    box_t = torch.tensor([[[-.5, -.5, .5, .5]], [[-.2, -.1, .3, .6]], [[nan]*4]])
+    vals = torch.tensor([[1., 2.], [3., 4.], [nan, nan]])
+    return [(MaskedCrossEntropy(), torch.randn(3, 4), torch.tensor([1, 3, MISSING_LABEL])),
+            (MaskedCrossEntropy(IGNORE_INDEX, label_smoothing=.1), torch.randn(3, 3, 4, 4), seg_t),
+            (SegmentationLoss(dice=1.), torch.randn(3, 3, 4, 4), seg_t), (MaskedDiceLoss(), torch.randn(3, 3, 4, 4), seg_t),
+            (DIoULoss(), torch.rand(3, 4).sort(-1).values*2 - 1, box_t), (GIoULoss(), torch.rand(3, 4)*2 - 1, box_t),
+            (L1BoxLoss(), torch.rand(3, 4), box_t), (MaskedBCEWithLogits(), torch.randn(3, 2), torch.tensor([[1., 0.], [0., 0.], [nan, nan]])),
+            (MaskedRegressionLoss('mse'), torch.randn(3, 2), vals), (MaskedRegressionLoss('huber'), torch.randn(3, 2), vals)]
+
+@pytest.mark.parametrize('bad', EXTREME)
+def test_unlabelled_predictions_cannot_poison_the_loss(bad):
+    for lf, pred, targ in _cases():
+        ref, n_ref = lf(pred, targ)
+        p = pred.clone()
+        if p.dim() == 4: p[2] = bad; p[0, :, 0, 0] = bad        # the missing mask, and the ignored pixel of the first
+        else: p[2] = bad                                          # the unlabelled sample
+        p.requires_grad_()
+        loss, n = lf(p, targ)
+        loss.backward()
+        assert n == n_ref and torch.isfinite(loss) and torch.allclose(loss, ref, atol=1e-6), (lf, bad, loss, ref)
+        assert torch.isfinite(p.grad).all(), (lf, bad)
+        assert (p.grad[2] == 0).all(), (lf, bad)

@@ -244,14 +244,17 @@ def test_dwa_state_is_saved(dls, tmp_path):
     learn.fit(3, 1e-2)
     learn.path = tmp_path
     learn.save('d')
-    assert any(k.endswith('loss_weighting._extra_state') for k in learn.model.state_dict())
+    sd = learn.model.state_dict()
+    assert all(isinstance(v, torch.Tensor) for v in sd.values()) and any(k.endswith('loss_weighting.losses') for k in sd)   # tensors only
     l2 = learner(dls, weighting='dwa')
     l2.path = tmp_path
     assert len(l2.dwa.state) == 0
     l2.load('d')
     assert l2.dwa.history.equals(learn.dwa.history)
-    with pytest.raises(RuntimeError, match='loss_weighting'): learner(dls).load(tmp_path/'models'/'d')  # no DWA: strict
-    learner(dls).load(tmp_path/'models'/'d', strict=False)
+    with pytest.warns(UserWarning, match="loss weighting state .* is not this model's"):   # no DWA here: the rest loads
+        l0 = learner(dls).load(tmp_path/'models'/'d')
+    assert torch.equal(l0.model[0][0][0].weight, learn.model[0][0][0].weight)
+    with pytest.warns(UserWarning, match="UncertaintyLoss"): learner(dls, weighting='uncertainty').load(tmp_path/'models'/'d')
     l3 = learner(dls).add_cb(DWA())                          # added later: its state joins the model at once
     l3.load(tmp_path/'models'/'d')
     assert l3.dwa.history.equals(learn.dwa.history) and torch.equal(l3.dwa.next_weights()[0], learn.dwa.next_weights()[0])
@@ -296,7 +299,7 @@ def test_resume_gives_the_same_run(dls, tmp_path, weighting):
     assert resumed.task_loss_recorder.df.epoch.tolist() == [3, 4]
     for a,b in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
         assert a[0] == b[0]
-        if torch.is_tensor(a[1]): assert torch.equal(a[1], b[1]), a[0]
+        if torch.is_tensor(a[1]): assert torch.equal(a[1].nan_to_num(-1), b[1].nan_to_num(-1)), a[0]   # (DWA's first ratios are NaN)
     rf, rr = full.task_loss_recorder.df, resumed.task_loss_recorder.df
     assert np.array_equal(rf.filter(like='_w').values[3:], rr.filter(like='_w').values)
     if weighting == 'dwa':
