@@ -77,31 +77,31 @@ class TaskAlternation(Callback):
         if kwargs and not isinstance(mode, (str, type)):
             raise TypeError(f'options {list(kwargs)} are for a mode given by name or class; set them on {mode!r}')
         mode = alternations.create(mode, **kwargs)
-        self.mode, self.seed, self.sampler, self.orig, self.records, self._new_fit = mode, seed, None, None, [], False
+        self.mode, self.seed, self.sampler, self.records, self._new_fit = mode, seed, None, [], False
 
     def __repr__(self): return f'TaskAlternation({self.mode!r}' + ('' if self.seed is None else f', seed={self.seed}') + ')'
 
     def before_fit(self): self._new_fit = True  # (also sent by `validate` and `get_preds`, which never train)
 
-    def _install(self):
-        "Put a new sampler of the mode on the training DataLoader, keeping its own"
+    def _new_sampler(self):
+        "A new sampler of the mode for this fit"
         dl = self.dls.train
         if not isinstance(dl, MTLDataLoader):
             raise TypeError(f'TaskAlternation needs an `MTLDataLoader` to train on (see `MTLDataLoaders`), got {type(dl).__name__}')
         if not dl.shuffle: raise ValueError('TaskAlternation needs a shuffling training DataLoader: samplers only draw while it shuffles')
-        if dl.sampler is not self.sampler: self.orig = dl.sampler  # else ours is still there after an interrupted fit
-        self.sampler = dl.sampler = self.mode.sampler()
+        self.sampler = self.mode.sampler()
 
     def before_train(self):
-        if self._new_fit: self._install(); self.records, self._new_fit = [], False
+        if self._new_fit: self._new_sampler(); self.records, self._new_fit = [], False
+        # this epoch draws from a copy of the training DataLoader with the mode's sampler: the DataLoaders are never changed,
+        # so nothing is left behind when a fit is interrupted
+        self.learn.dl = self.dls.train.new(sampler=self.sampler)
         if self.seed is not None:
             s = random.Random(f'{self.seed}/{self.n_epoch}/{self.epoch}').getrandbits(32)
             set_seed(s); self.dl.rng = random.Random(s)
         self.mode.before_train(self)
 
-    def after_fit(self):
-        self._new_fit = False
-        if self.sampler is not None and self.dls.train.sampler is self.sampler: self.dls.train.sampler = self.orig
+    def after_fit(self): self._new_fit = False
 
     def before_batch(self):
         bt = self.sampler.batch_tasks

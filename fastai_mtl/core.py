@@ -151,6 +151,9 @@ class Task:
     def decodes(self, pred:Tensor) -> Tensor:
         "Activated batch -> decoded targets, typed like the batch's targets (so fastai's pipeline can decode them)"
         return pred
+    def hflip(self, act:Tensor):
+        "Activated predictions of horizontally mirrored images, mapped back to the original images' geometry; `None` when this kind cannot say (`tta` then keeps the plain prediction)"
+        return None
     def to_source(self, act:Tensor, frame):
         "Activated prediction of one sample -> the result in the source image's coordinates (`frame`: `SourceFrame`)"
         raise NotImplementedError(f'{type(self).__name__} must define `to_source`')

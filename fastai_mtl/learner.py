@@ -6,6 +6,7 @@ Docs: https://fastai-mtl.github.io/fastai_mtl/learner.html.md"""
 
 # %% ../nbs/11_learner.ipynb #2ec3e3b0
 from __future__ import annotations
+import math, os, tempfile
 from contextlib import contextmanager
 from fastai.vision.all import *
 from fastai.vision.learner import _add_norm
@@ -21,7 +22,8 @@ from .weighting import TaskLossRecorder, weightings
 from .alternation import TaskAlternation, alternations
 
 # %% auto #0
-__all__ = ['MaskedMultiLoss', 'mtl_metrics', 'MTLLearner', 'DeviceMixedPrecision', 'mtl_learner']
+__all__ = ['MaskedMultiLoss', 'mtl_metrics', 'atomic_path', 'MirrorInputs', 'MTLTrainingError', 'TrainingGuard', 'MTLLearner',
+           'DeviceMixedPrecision', 'mtl_learner']
 
 # %% ../nbs/11_learner.ipynb #0e9f9b03
 class MaskedMultiLoss:
@@ -69,6 +71,96 @@ def mtl_metrics(tasks) -> list:
     "Per-task validation loss and metrics for `tasks` (in the order of the model's outputs)"
     return [m for i,t in enumerate(tasks) for m in [TaskLoss(i, task=t.name), *t.metrics(i)]]
 
+# %% ../nbs/11_learner.ipynb #4ff44c7b
+@contextmanager
+def atomic_path(final):
+    "Yield a temporary path beside `final` to write to; on success make it durable and rename it over `final` in one step (else remove it)"
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent/f'.{final.stem}.tmp-{os.getpid()}{final.suffix}'   # the same extension: fastai's `save` adds it
+    try:
+        yield tmp
+        if tmp.exists():          # (a process other than the first under DDP writes nothing)
+            with open(tmp, 'rb') as f: os.fsync(f.fileno())
+            os.replace(tmp, final)
+    finally: tmp.unlink(missing_ok=True)
+
+class MirrorInputs(Callback):
+    "Mirror every input image horizontally (for `MTLLearner.tta`)"
+    def before_batch(self): self.learn.xb = tuple(x.flip(-1) for x in self.xb)
+
+class MTLTrainingError(RuntimeError):
+    "Training cannot go on (a loss or gradient that is not finite, no batch to train on); the message says what to do"
+
+class TrainingGuard(Callback):
+    "Stop at the first non-finite loss (naming the tasks) or gradient, before the weights change; refuse an empty training set"
+    order = -30
+    def before_train(self):
+        if len(self.dl) == 0: raise MTLTrainingError(
+            'the training DataLoader has no batch to train on. A learner from `load_learner` carries no data: give it '
+            'DataLoaders first (`learn.dls = MTLDataLoaders.from_df(...)`)')
+    def _where(self):
+        lr = self.opt.hypers[-1].get('lr', float('nan')) if self.opt is not None else float('nan')
+        return f'at epoch {self.epoch}, batch {self.iter} (lr {lr:.3g})'
+    def after_loss(self):
+        if torch.isfinite(self.learn.loss).all(): return
+        lf = self.learn.loss_func
+        bad = [t.name for t,l in zip(getattr(lf, 'tasks', []), getattr(lf, 'last_losses', [])) if not torch.isfinite(l)]
+        what = f'the loss of task(s) {bad}' if bad else 'the total loss'
+        if not self.training: raise MTLTrainingError(
+            f'{what} is not finite on a validation batch ({self.iter}): the weights or the inputs hold NaN or inf; '
+            'check the validation images and targets')
+        raise MTLTrainingError(
+            f'{what} is not finite {self._where()}: training stopped before this batch changed the weights. Lower the '
+            'learning rate (`learn.lr_find()`), or check the inputs and targets of this batch; `mtl_learner(guard=False)` '
+            'turns this check off')
+    def before_step(self):
+        scaler = getattr(self.learn, 'scaler', None)
+        if scaler is not None and scaler.is_enabled(): return   # fp16: the GradScaler skips steps with inf gradients itself
+        grads = [p.grad for p in self.learn.model.parameters() if p.grad is not None]
+        if not grads: return
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+        if torch.isfinite(norm): return
+        bad = [n for n,p in self.learn.model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+        raise MTLTrainingError(f'the gradients of {len(bad)} parameter(s) ({", ".join(bad[:3])}...) are not finite {self._where()}: '
+                               'training stopped before the optimiser step. A loss of your own may divide by zero or take '
+                               'the root of 0; `mtl_learner(guard=False)` turns this check off')
+
+# %% ../nbs/11_learner.ipynb #7e07e7cc
+_tracker_before_fit,_tracker_after_epoch = TrackerCallback.before_fit,TrackerCallback.after_epoch
+_save_model_after_fit = SaveModelCallback.after_fit
+
+@patch
+def before_fit(self:TrackerCallback):
+    "fastai's, with a clear error for a `monitor` that is not recorded"
+    names = [n for n in self.recorder.metric_names[1:] if n != 'time']
+    if not hasattr(self, 'lr_finder') and not hasattr(self, 'gather_preds') and self.monitor not in names:
+        raise ValueError(f'{type(self).__name__}: monitor={self.monitor!r} is not a recorded value; choose one of {names}')
+    _tracker_before_fit(self)
+
+@patch
+def after_epoch(self:TrackerCallback):
+    "fastai's; a value that is `None` (a task without a labelled validation item) or NaN counts as no improvement, with one warning"
+    val = self.recorder.values[-1][self.idx]
+    if val is None or (isinstance(val, float) and math.isnan(val)):
+        if not getattr(self, '_warned_none', False):
+            warn(f'{type(self).__name__}: {self.monitor} has no value at epoch {self.epoch} (no labelled validation item '
+                 'for its task?): counted as no improvement')
+            self._warned_none = True
+        self.new_best = False
+        return
+    _tracker_after_epoch(self)
+
+@patch
+def after_fit(self:SaveModelCallback, **kwargs):
+    "fastai's; when no epoch improved `monitor` (e.g. it never had a value), nothing was saved: say so, keep the last model"
+    if not self.every_epoch and not getattr(self, 'at_end', False) and self.run:
+        fn = join_path_file(self.fname, self.learn.path/self.learn.model_dir, ext='.pth')
+        if not fn.exists():
+            warn(f'SaveModelCallback: no epoch improved {self.monitor}, so no model was saved: the model is the last epoch\'s')
+            return
+    _save_model_after_fit(self, **kwargs)
+
 # %% ../nbs/11_learner.ipynb #f8ad5bc9
 class MTLLearner(Learner):
     "A `Learner` whose `predict` returns every task's result in the source image's coordinates"
@@ -98,6 +190,45 @@ class MTLLearner(Learner):
         "fastai's validation context, keeping the records of the last fit (`learn.recorder.plot_loss()` still works after it)"
         ctx = super().validation_context(cbs=cbs, inner=inner)
         return ctx if inner else ContextManagers([self.keeping_records(), ctx])
+
+    def save(self, file, **kwargs):
+        "fastai's `save` (so `SaveModelCallback`'s too), atomic: a kill during the save leaves the previous file whole"
+        final = join_path_file(file, self.path/self.model_dir, ext='.pth')
+        with atomic_path(final) as tmp: super().save(tmp.with_suffix(''), **kwargs)
+        return final
+
+    def export(self, fname='export.pkl', **kwargs):
+        "fastai's `export`, atomic. Loading it back (`load_learner`) unpickles code: only load files you trust (or use `save_weights`)"
+        with atomic_path(self.path/fname) as tmp: super().export(tmp, **kwargs)
+
+    def save_weights(self, file) -> Path:
+        "The model's weights (the loss weighting's state included: tensors only) in a safetensors file, atomic: no pickle, safe to load"
+        from safetensors.torch import save_model
+        final = join_path_file(file, self.path/self.model_dir, ext='.safetensors')
+        if rank_distrib(): return final
+        with atomic_path(final) as tmp: save_model(get_model(self.model), str(tmp))
+        return final
+
+    def load_weights(self, file, strict:bool=True):
+        "Load weights written by `save_weights` (a safetensors file: no code runs while reading it)"
+        from safetensors.torch import load_model
+        fn = Path(file)
+        if not fn.suffix: fn = join_path_file(file, self.path/self.model_dir, ext='.safetensors')
+        if not fn.exists(): raise FileNotFoundError(f'weights file not found: {fn}')
+        load_model(get_model(self.model), str(fn), strict=strict, device=str(getattr(self.dls, 'device', None) or 'cpu'))
+        return self
+
+    def tta(self, ds_idx:int=1, dl=None, beta:float=0.5):
+        "Test-time augmentation for every task: each image and its mirror image, the mirror's predictions mapped back (`Task.hflip`) and averaged with weight `beta`; `(preds, targs)` as `get_preds` gives"
+        dl = ifnone(dl, self.dls[ds_idx])
+        preds,targs = self.get_preds(dl=dl)
+        if not beta: return preds,targs
+        mirrored,_ = self.get_preds(dl=dl, cbs=MirrorInputs())
+        res = []
+        for t,p,m in zip(self.tasks, preds, mirrored):
+            back = t.hflip(m)
+            res.append(p if back is None else torch.lerp(p, back, beta))
+        return tuple(res),targs
 
     def predict(self, item, rm_type_tfms=None, with_input=False):
         "Predict every task for `item` (a file, an image): `{task name: result}` in the source image's coordinates"
@@ -134,6 +265,14 @@ class DeviceMixedPrecision(MixedPrecision):
         self.autocast = torch.autocast(torch.device(dev).type, dtype=dtype)
 
 # %% ../nbs/11_learner.ipynb #78ea866d
+def _writable(dls) -> Path:
+    "The DataLoaders' folder if it is writable, else (a read-only data folder, e.g. Kaggle's inputs) the working directory"
+    p = Path(getattr(dls, 'path', '.'))
+    if os.access(p, os.W_OK): return p
+    alt = Path.cwd() if os.access(Path.cwd(), os.W_OK) else Path(tempfile.gettempdir())
+    warn(f'{p} is read-only: models (`save`, `lr_find`, `SaveModelCallback`) go to {alt/"models"} (pass `path=` to choose)')
+    return alt
+
 @delegates(Learner.__init__)
 def mtl_learner(dls, arch=resnet34, pretrained:bool=True, tasks:list=None, loss_func=None, metrics=None,
                 normalize:bool=True, n_in:int=3, cut=None,
@@ -143,6 +282,8 @@ def mtl_learner(dls, arch=resnet34, pretrained:bool=True, tasks:list=None, loss_
                 weighting=None, # loss weighting: a name in `weightings` ('equal', 'static', 'dwa', 'uncertainty', ...), a class or a callback
                 alternation=None, # task alternation: a name in `alternations` ('epoch', 'batch', 'sum', 'mixed'), an `Alternation` or a `TaskAlternation`
                 img_size=None, # size of the probe pass through the body (default: the DataLoaders' image size)
+                guard:bool=True, # stop at the first non-finite loss or gradient (`TrainingGuard`)
+                path=None, # where `models/` go (`save`, `lr_find`, `SaveModelCallback`): the data folder, if it is writable, else the working directory
                 arch_kwargs:dict=None, head_kwargs:dict=None, splitter=None, cbs=None, **kwargs):
     "A `Learner` with a shared `arch` body and one head per task, trained with `MaskedMultiLoss` and per-task metrics"
     tasks = L(ifnone(tasks, getattr(dls, 'tasks', None) or dls.train.tasks))
@@ -153,10 +294,11 @@ def mtl_learner(dls, arch=resnet34, pretrained:bool=True, tasks:list=None, loss_
     if normalize: _add_norm(dls, getattr(model, 'arch_meta', arch_meta(None)), pretrained or weights is not None, n_in)
     cbs = L(cbs)
     if not any(isinstance(c, TaskLossRecorder) for c in cbs): cbs.append(TaskLossRecorder())  # for `plot_task_losses`
+    if guard and not any(isinstance(c, TrainingGuard) for c in cbs): cbs.append(TrainingGuard())
     if weighting is not None: cbs.append(weightings.create(weighting))
     if alternation is not None:
         cbs.append(alternation if isinstance(alternation, Callback) else TaskAlternation(alternation))   # a name or an `Alternation`
-    learn = MTLLearner(dls, model, loss_func=ifnone(loss_func, MaskedMultiLoss(tasks)), cbs=cbs,
+    learn = MTLLearner(dls, model, loss_func=ifnone(loss_func, MaskedMultiLoss(tasks)), cbs=cbs, path=ifnone(path, _writable(dls)),
                        metrics=ifnone(metrics, mtl_metrics(tasks)), splitter=ifnone(splitter, mtl_splitter), **kwargs)
     if pretrained or weights is not None: learn.freeze()
     store_attr('arch,normalize,pretrained', self=learn)

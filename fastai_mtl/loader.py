@@ -159,8 +159,8 @@ class BalancedSampler(MTLSampler):
         return q
 
     def n_batches(self, dl):
-        n, fill = dl.labelled.shape[1], dl.bs - sum(self.quotas(dl))
-        return max(1, math.ceil(n / fill))
+        n = dl.labelled.shape[1]
+        return math.ceil(n / (dl.bs - sum(self.quotas(dl)))) if n else 0
 
     def get_idxs(self, dl):
         lab, bs, rng = dl.labelled, dl.bs, dl.rng
@@ -233,9 +233,10 @@ class MTLDataLoader(TfmdDL):
         items, tasks = self.items, self.tasks
         key = (id(items), len(tasks))
         if getattr(self, '_labelled_key', None) != key:
-            if not isinstance(items, pd.DataFrame):
+            if items is not None and len(items) == 0: self._labelled = np.zeros((len(tasks), 0), bool)   # an empty set
+            elif not isinstance(items, pd.DataFrame):
                 raise MTLDataError('samplers need DataFrame items (one row per image) to know which targets each sample has')
-            self._labelled = np.stack([np.asarray(t.labelled(items), dtype=bool) for t in tasks]) if len(tasks) \
+            else: self._labelled = np.stack([np.asarray(t.labelled(items), dtype=bool) for t in tasks]) if len(tasks) \
                 else np.zeros((0, len(items)), bool)
             self._labelled_key = key
         return self._labelled

@@ -82,9 +82,8 @@ class SegmentationTask(_ColTask):
         for r,fn in df.loc[self.labelled(df), self.cols[0]].items():
             f = Path(path)/fn
             try:
-                with Image.open(f) as im:
-                    size, mode = im.size, im.mode
-                    if full: reader(im.copy() if mode != 'L' else im)
+                with Image.open(f) as im: size, mode = im.size, im.mode
+                if full: reader(f)
                 if mode in ('RGB', 'RGBA', 'CMYK', 'YCbCr', 'LAB', 'HSV'):
                     errs.append(f"{row_desc(df.loc[r], self.cols)}: mask '{f}' has mode {mode!r}: a mask holds one class index per pixel (mode 'L' or 'P'), not colours")
                 elif r in sizes and size != sizes[r]:
@@ -108,6 +107,7 @@ class SegmentationTask(_ColTask):
         return _one_hot_logits(targ[self.labelled_items(targ)], self.n_out)[:, None, None]
     def activation(self, pred): return F.softmax(pred, dim=1)
     def decodes(self, pred): return TensorMTLMask(pred.argmax(dim=1))
+    def hflip(self, act): return act.flip(-1)
     def to_source(self, act, frame:SourceFrame):
         "Mask `(h, w)` at the source image's size from probabilities `act` `(n_codes, H, W)`; unseen pixels `IGNORE_INDEX`"
         grid = frame.source_grid(act.device)
@@ -179,6 +179,7 @@ class ClassificationTask(_ColTask):
         return _one_hot_logits(targ[self.labelled_items(targ)], self.n_out)
     def activation(self, pred): return F.softmax(pred, dim=-1)
     def decodes(self, pred): return TensorCategory(pred.argmax(dim=-1))
+    def hflip(self, act): return act   # a mirrored image has the same class
     def to_source(self, act, frame=None):
         "`(label, probs)` from the probabilities `act` of one sample"
         return self.vocab[int(act.argmax())], act
@@ -234,6 +235,10 @@ class BoxTask(_ColTask):
         b = targ.view(-1, 4)[self.labelled_items(targ).view(-1)].float()
         return b.mean(0) if len(b) else tensor([-1., -1., 1., 1.])
     def decodes(self, pred): return TensorBBox(pred.view(-1, 1, 4))
+    def hflip(self, act):
+        "The box of the mirrored image, mirrored back: `(x1, y1, x2, y2)` -> `(-x2, y1, -x1, y2)`"
+        b = act.view(-1, 4)
+        return torch.stack([-b[:, 2], b[:, 1], -b[:, 0], b[:, 3]], -1).view_as(act)
     def to_source(self, act, frame:SourceFrame):
         "The box `(x1, y1, x2, y2)` in the source image's pixel coordinates"
         return frame.to_source(act.float().view(2, 2)).view(4)
@@ -280,6 +285,7 @@ class MultiLabelTask(_ColTask):
         return torch.logit(p.clamp(1e-4, 1-1e-4))
     def activation(self, pred): return torch.sigmoid(pred)
     def decodes(self, pred): return TensorMultiLabel((pred > self.thresh).float())
+    def hflip(self, act): return act
     def to_source(self, act, frame=None):
         "`(labels, probs)`: the labels whose probability exceeds `thresh`, and every class's probability"
         return [self.vocab[i] for i in torch.nonzero(act > self.thresh).flatten().tolist()], act
@@ -291,9 +297,11 @@ class MultiLabelTask(_ColTask):
 class RegressionTask(_ColTask):
     "One or more numbers per image (columns `cols`); a row with all of them empty is missing"
     kind, sentinel, item_dims = 'value', float('nan'), 1
-    def __init__(self, cols, name:str=None, weight:float=None, loss_func=None, loss:str='mse', **head_kwargs):
+    def __init__(self, cols, name:str=None, weight:float=None, loss_func=None, loss:str='mse',
+                 flip_invariant:bool=False, # the values do not change when the image is mirrored (an age, a count: not a position)
+                 **head_kwargs):
         super().__init__(cols, name, weight, loss_func, **head_kwargs)
-        self.loss_kind,self.mean,self.std = loss,None,None
+        self.loss_kind,self.flip_invariant,self.mean,self.std = loss,flip_invariant,None,None
     def default_loss(self): return MaskedRegressionLoss(self.loss_kind)
     def getter(self, path=None): return ColGetter(self.cols)
     @property
@@ -325,6 +333,7 @@ class RegressionTask(_ColTask):
         "The mean of the labelled values `(n_values,)` (zeros when none)"
         t = targ.reshape(-1, targ.shape[-1])[self.labelled_items(targ).reshape(-1)].float()
         return t.mean(0) if len(t) else torch.zeros(targ.shape[-1])
+    def hflip(self, act): return act if self.flip_invariant else None
     def to_source(self, act, frame=None):
         "The predicted value, or `{column: value}` for several"
         v = act.float().reshape(-1).tolist()

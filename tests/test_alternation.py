@@ -195,14 +195,11 @@ def _valid_targets(dls):
 
 @pytest.mark.parametrize('mode', MODES)
 def test_fine_tune_and_validation(dls, mode):
-    orig = BalancedSampler(0.25)
-    dls.train.sampler = orig
-    try:
-        learn = learner(dls, TaskAlternation(mode, **({} if mode in ('epoch', 'mixed') else {'epoch': 1})),
-                        cbs=[Batches(), CountSteps(), ValidBatches()])
-        fit(learn, 1, method='fine_tune', freeze_epochs=1)
-        assert dls.train.sampler is orig and dls.valid.sampler is None
-    finally: dls.train.sampler = None
+    orig = dls.train.sampler
+    learn = learner(dls, TaskAlternation(mode, **({} if mode in ('epoch', 'mixed') else {'epoch': 1})),
+                    cbs=[Batches(), CountSteps(), ValidBatches()])
+    fit(learn, 1, method='fine_tune', freeze_epochs=1)
+    assert dls.train.sampler is orig and dls.valid.sampler is None
     rows = learn.batches.rows
     assert_eq(sorted(set(r[0] for r in rows)), [0, 1])  # both fits trained
     n_train = len(rows)
@@ -217,22 +214,23 @@ def test_fine_tune_and_validation(dls, mode):
     vals = learn.recorder.values[-1]
     assert all(torch.isfinite(torch.tensor(float(v))) for v in vals)
 
-def test_sampler_restored_after_interrupted_fit(dls):
+def test_interrupted_fit_leaves_the_dataloaders_alone(dls):
     class Boom(Callback):
         def after_batch(self):
             if self.training and self.iter == 1: raise RuntimeError('boom')
-    orig = BalancedSampler(0.2)
-    dls.train.sampler = orig
-    try:
-        learn = learner(dls, 'batch', cbs=Boom())
-        with pytest.raises(RuntimeError, match='boom'): fit(learn, 1)
-        assert isinstance(dls.train.sampler, TaskBatchSampler)  # no `after_fit` on an exception...
-        learn.remove_cb(Boom)
-        fit(learn, 1)
-        assert dls.train.sampler is orig  # ...the next fit puts the original back
-        learn.validate(); learn.get_preds()  # never train: leave the sampler and the record alone
-        assert dls.train.sampler is orig and len(learn.task_alternation.batch_tasks) > 0
-    finally: dls.train.sampler = None
+    orig = dls.train.sampler
+    learn = learner(dls, 'batch', cbs=Boom())
+    with pytest.raises(RuntimeError, match='boom'): fit(learn, 1)
+    assert dls.train.sampler is orig                     # nothing to restore: the alternation never replaced it
+    class Count(Callback):
+        def before_fit(self): self.n = 0
+        def before_batch(self): self.n += self.training
+    plain = fit(learner(dls, None, cbs=Count()), 1)      # a plain fit afterwards: the DataLoaders' own (balanced) epoch
+    assert plain.count.n == orig.n_batches(dls.train)
+    learn.remove_cb(Boom)
+    fit(learn, 1)
+    learn.validate(); learn.get_preds()                  # never train: leave the record alone
+    assert dls.train.sampler is orig and len(learn.task_alternation.batch_tasks) > 0
 
 def test_needs_a_shuffling_mtl_dataloader(dls):
     learn = learner(dls, 'batch')
@@ -240,7 +238,6 @@ def test_needs_a_shuffling_mtl_dataloader(dls):
     try:
         with pytest.raises(ValueError, match='shuffling'): fit(learn, 1)
     finally: dls.train.shuffle = True
-    assert dls.train.sampler is None
 
 # --- resuming ----------------------------------------------------------------------------------------------
 class StopAfter(Callback):
