@@ -1,31 +1,38 @@
 #!/usr/bin/env python
-"""Which training strategy, with masks for only ~15% of the images? Task alternation x loss weighting, against
-single-task baselines, on the Oxford-IIIT Pet subset.
+"""Which training strategy, with masks for only ~15% of the images? Task alternation x loss weighting (by loss and by
+gradient), against single-task baselines at equal compute and at equal exposure, on the Oxford-IIIT Pet subset.
 
 Every training image keeps its breed, but only a seeded `--mask-pct` share of them keeps its trimap (mimicking 3,000
 masks against 33,000 labels). Two tasks: `SegmentationTask('trimap')` and `ClassificationTask('breed')`; the test
 mIoU and breed accuracy are measured on the official test split (every image there has both).
 
 Configurations (same body: `backbone()` of bench/common.py, EfficientNet-Lite0 ImageNet weights, light decoder):
-- `<alternation>+<weighting>`: `mtl_learner(alternation=...)` with 'epoch', 'batch', 'sum', 'mixed' and
-  `weighting=` 'equal', 'dwa', 'uncertainty' (12 runs);
-- `seg-only`: `mtl_learner` with the trimap task alone, trained on the images that kept a trimap;
-- `breed-only`: `mtl_learner` with the breed task alone, trained on every training image.
+- `mixed+<weighting>`: the default batches (`BalancedSampler`: a quarter of every batch reserved for the rare trimaps)
+  with the loss weightings `equal` (the reference), `dwa`, `uncertainty`, and the gradient weightings `upgrad`,
+  `mgda`, `pcgrad`, `cagrad` (TorchJD: what each costs against equal weighting, and what it gives);
+- `random+equal`: purely random mixed batches (`MixedSampler`, the default before BalancedSampler): the trimaps'
+  natural share of each batch;
+- `epoch+equal`, `batch+equal`, `sum+equal`: the task alternations;
+- `seg-only`, `breed-only`: one task alone, trained on the images that carry it, **at equal compute** (as many
+  batches as every other configuration);
+- `seg-only=exposure`: the trimap task alone **at equal exposure**: as many labelled trimaps as `mixed+equal` of the
+  same seed saw (its batches: those trimaps / bs).
 
-Same budget: every configuration makes the same number of training batches of `--bs` images (forward and backward
-passes), `--epochs` passes over the training images in mixed batches; a mode whose epochs have another length runs
-as many epochs as bring it closest (the table lists the batches each run made). 'sum' steps once per pair of
-batches, so it makes half as many optimiser steps. Training: `fit_one_cycle` on the unfrozen model, body at `--lr`/10,
-heads at `--lr`; no validation during training, one at the end.
+Equal compute: every configuration but `seg-only=exposure` makes the same number of training batches of `--bs`
+images (`--epochs` passes over the training images in random batches; a mode whose epochs have another length runs
+as many epochs as bring it closest). 'sum' steps once per pair of batches. Exposure (labelled items and batches with
+any, per task, summed over the run) is recorded for every run (`TaskLossRecorder`). Training: `fit_one_cycle` on
+the unfrozen model, body at `--lr`/10, heads at `--lr`; no validation during training, one at the end, recording
+each test image's statistics: the differences to `mixed+equal` come with paired bootstrap intervals over the test
+images and the seeds (`fastai_mtl.compare.paired_bootstrap`).
 
 Each run is a process of its own (peak RSS, and on CUDA `torch.cuda.max_memory_allocated`), forked from a
 `multiprocessing` fork server that has imported the libraries once; seeds run in turn, the configurations in a rotated
-order per seed. Images are resized once into a temporary cache of lossless PNGs, with the resampling of fastai's
-`Resize` (the runs give the same results as from the originals), so that decoding full-size JPEGs does not dominate
-the time on CPU (`--no-cache` to read the originals in every run).
+order per seed (`mixed+equal` first: `seg-only=exposure` needs its exposure). Images are resized once into a
+temporary cache of lossless PNGs, with the resampling of fastai's `Resize` (the runs give the same results as from
+the originals), so that decoding full-size JPEGs does not dominate the time on CPU (`--no-cache`: the originals).
 
-    python bench/strategies.py [--data PATH] [--size 64] [--bs 16] [--epochs 3] [--seeds 0 1] [--configs ...]
-    python bench/strategies.py --size 48 --epochs 5 --name strategies_48px   # the second setting of the docs page
+    python bench/strategies.py [--data PATH] [--size 64] [--bs 16] [--epochs 3] [--seeds 0 1 2] [--configs ...]
     python bench/strategies.py --quick --out /tmp/x     # tiny end-to-end check (32 px, few images, 1 epoch)
 """
 import argparse, json, os, statistics, sys, tempfile, time
@@ -34,12 +41,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from common import *  # noqa: E402,F401  (DEFAULT_DATA, RESULTS, backbone, check_data, pets_split, set_threads, ...)
 
-ALTERNATIONS = ('epoch', 'batch', 'sum', 'mixed')
-WEIGHTINGS = ('equal', 'dwa', 'uncertainty')
-BASELINES = ('seg-only', 'breed-only')
-CONFIGS = [f'{m}+{w}' for m in ALTERNATIONS for w in WEIGHTINGS] + list(BASELINES)
+WEIGHTINGS = ('equal', 'dwa', 'uncertainty', 'upgrad', 'mgda', 'pcgrad', 'cagrad')
+BASELINES = ('seg-only', 'seg-only=exposure', 'breed-only')
+CONFIGS = ([f'mixed+{w}' for w in WEIGHTINGS] + ['random+equal', 'epoch+equal', 'batch+equal', 'sum+equal']
+           + list(BASELINES))
 REFERENCE = 'mixed+equal'
-QUICK_CONFIGS = ['mixed+equal', 'sum+dwa', 'seg-only']
+QUICK_CONFIGS = ['mixed+equal', 'mixed+upgrad', 'random+equal', 'seg-only=exposure']
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -50,9 +57,10 @@ def parse(argv=None):
     p.add_argument('--lr', type=float, default=2e-3, help='one-cycle peak lr of the heads (body: lr/10)')
     p.add_argument('--mask-pct', type=float, default=0.15, help='share of training images keeping their trimap')
     p.add_argument('--mask-seed', type=int, default=0, help='seed of the choice of those images (same for every run)')
-    p.add_argument('--seeds', type=int, nargs='+', default=[0, 1], help='training seeds (one full set of runs each)')
+    p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2], help='training seeds (one full set of runs each)')
     p.add_argument('--configs', nargs='+', default=None, metavar='CONFIG', help=f'subset of {CONFIGS}')
-    p.add_argument('--threads', type=int, default=1, help='torch CPU threads per run')
+    p.add_argument('--threads', type=int, default=2, help='torch CPU threads per run')
+    p.add_argument('--n-boot', type=int, default=2000, help='bootstrap replicates of the intervals')
     p.add_argument('--n-train', type=int, default=None, help='use only this many training images (seeded)')
     p.add_argument('--n-test', type=int, default=None, help='use only this many test images (seeded)')
     p.add_argument('--no-cache', action='store_true', help='read the full-size originals in every run')
@@ -67,6 +75,7 @@ def parse(argv=None):
     a.configs = a.configs or CONFIGS
     bad = [c for c in a.configs if c not in CONFIGS]
     if bad: p.error(f'unknown configuration(s) {bad}; choose from {CONFIGS}')
+    if 'seg-only=exposure' in a.configs and REFERENCE not in a.configs: p.error(f'seg-only=exposure needs {REFERENCE}')
     return a
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -102,12 +111,12 @@ def build_cache(a, df, dest:Path):
 def config_tasks(cfg):
     from fastai_mtl.all import SegmentationTask, ClassificationTask, TRIMAP_CODES, TRIMAP_CODE_MAP
     seg, breed = SegmentationTask('trimap', TRIMAP_CODES, code_map=TRIMAP_CODE_MAP), ClassificationTask('breed')
-    return {'seg-only': [seg], 'breed-only': [breed]}.get(cfg, [seg, breed])
+    return {'seg-only': [seg], 'seg-only=exposure': [seg], 'breed-only': [breed]}.get(cfg, [seg, breed])
 
 def make_dls(a, df, cfg, path, stats):
     from fastai.vision.all import aug_transforms, Normalize
     from fastai_mtl.all import MTLDataLoaders
-    if cfg == 'seg-only': df = df[df.has_mask]
+    if cfg.startswith('seg-only'): df = df[df.has_mask]
     n_lab = int((~df.is_valid & df.has_mask).sum()) if cfg != 'breed-only' else int((~df.is_valid).sum())
     if n_lab < a.bs: sys.exit(f'{cfg}: {n_lab} labelled training images, fewer than a batch of {a.bs}: lower --bs')
     return MTLDataLoaders.from_df(df, path, 'fn', config_tasks(cfg), valid_col='is_valid', size=a.size, bs=a.bs,
@@ -146,6 +155,7 @@ def alternation(cfg, dls):
     if mode in ('batch', 'sum'):
         per_task = max(1, round(MixedSampler().n_batches(dls.train) / len(dls.tasks)))
         return TaskAlternation(mode, epoch=per_task)
+    if mode == 'random': return TaskAlternation('mixed', min_share=None)   # purely random mixed batches
     return TaskAlternation(mode)
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -183,6 +193,10 @@ def run_config(a, cfg:str, seed:int, budget:int, cache:Path=None) -> dict:
     learn = mtl_learner(dls, arch, pretrained=pretrained, decoder='light', cbs=m, **kw)
     learn.unfreeze()
     n_epochs = epochs_for(cfg, dls, budget)
+    if cfg == 'seg-only=exposure':   # `budget` is then the number of batches: fastai's epochs of those batches exactly
+        from fastai_mtl.loader import TaskBatchSampler
+        dls.train.sampler = TaskBatchSampler(epoch=budget)
+        n_epochs = 1
     rss0 = rss_mb()
     with learn.no_bar(), learn.no_logging(), Timer() as t:
         learn.fit_one_cycle(n_epochs, slice(a.lr/10, a.lr))
@@ -191,6 +205,7 @@ def run_config(a, cfg:str, seed:int, budget:int, cache:Path=None) -> dict:
     m.active = False
     with learn.no_bar(), learn.no_logging(): vals = learn.validate()
     mets = dict(zip(['valid_loss'] + [mt.name for mt in learn.metrics], [None if v is None else float(v) for v in vals]))
+    item_stats = {k: v.tolist() for k, v in learn.item_stats().items() if k in ('trimap_miou', 'breed_acc')}
     rec = next(c for c in learn.cbs if isinstance(c, TaskLossRecorder))
     dwa = next((c for c in learn.cbs if isinstance(c, DWA)), None)
     alt = getattr(learn, 'task_alternation', None)
@@ -203,7 +218,8 @@ def run_config(a, cfg:str, seed:int, budget:int, cache:Path=None) -> dict:
                epoch_tasks=alt.history().groupby('epoch').task.first().tolist() if by_epoch else None,
                epoch_rows=rec.df.to_dict('records'), batch_losses=m.losses, batch_counts=m.counts,
                dwa_history=None if dwa is None else dwa.history.reset_index().to_dict('records'),
-               final_weights=task_weights(learn).tolist(), arch=arch_name)
+               final_weights=task_weights(learn).tolist(), arch=arch_name, item_stats=item_stats,
+               exposure={f'{t.name}_{k}': int(rec.df[f'{t.name}_{k}'].sum()) for t in dls.tasks for k in ('items', 'batches')})
     if torch.cuda.is_available(): res['cuda_peak_mb'] = torch.cuda.max_memory_allocated()/2**20
     return res
 
@@ -235,20 +251,42 @@ def stats_of(xs):
     return dict(mean=statistics.fmean(xs), min=min(xs), max=max(xs), sd=statistics.stdev(xs) if len(xs) > 1 else None)
 
 KEYS = ('trimap_miou', 'breed_acc', 'wall_s', 'cpu_s', 'peak_rss_mb', 'train_mem_mb', 'batches', 'steps', 'epochs')
+EXPOSURE = ('trimap_items', 'trimap_batches', 'breed_items')
 
-def aggregate(runs:list, configs:list, reference:str=REFERENCE) -> list:
-    "One row per configuration: mean/min/max/sd over seeds of each key, and ratios of the means to the reference's"
+def _ratio(s): return None if s[1] == 0 else float(s[0]/s[1])
+
+def _miou(s):
+    import numpy as np
+    n = int(round(len(s) ** .5)); cm = np.asarray(s, dtype=float).reshape(n, n)
+    inter, t, p = np.diag(cm), cm.sum(1), cm.sum(0)
+    with np.errstate(invalid='ignore', divide='ignore'): iou = np.where(t + p > 0, inter/(t + p - inter), np.nan)
+    return None if cm.sum() == 0 else float(np.nanmean(iou))
+
+def aggregate(runs:list, configs:list, reference:str=REFERENCE, n_boot:int=2000) -> list:
+    "One row per configuration: mean/min/max/sd over seeds of each key, exposure, ratios to the reference, paired intervals"
     rows = []
     for c in configs:
         rs = [r for r in runs if r['config'] == c]
         if not rs: continue
         row = dict(config=c, alternation=rs[0]['alternation'], weighting=rs[0]['weighting'], seeds=[r['seed'] for r in rs])
         for k in KEYS + (('cuda_peak_mb',) if 'cuda_peak_mb' in rs[0] else ()): row[k] = stats_of([r.get(k) for r in rs])
+        for k in EXPOSURE: row[k] = stats_of([r.get('exposure', {}).get(k) for r in rs])
         rows.append(row)
     ref = next((r for r in rows if r['config'] == reference), None)
     for r in rows:
         for k in ('wall_s', 'cpu_s', 'peak_rss_mb', 'train_mem_mb') + (('cuda_peak_mb',) if 'cuda_peak_mb' in r else ()):
             r[f'{k}_ratio'] = r[k]['mean']/ref[k]['mean'] if ref and ref[k]['mean'] else None
+    if ref is None: return rows
+    from fastai_mtl.compare import paired_bootstrap
+    ref_runs = {x['seed']: x for x in runs if x['config'] == reference}
+    for r in rows:
+        for key, score in (('trimap_miou', _miou), ('breed_acc', _ratio)):
+            mine = {x['seed']: x for x in runs if x['config'] == r['config'] and key in x.get('item_stats', {})}
+            seeds = sorted(set(mine) & {s for s, x in ref_runs.items() if key in x.get('item_stats', {})})
+            if not seeds or r['config'] == reference: continue
+            t = paired_bootstrap({'ref': [ref_runs[s]['item_stats'][key] for s in seeds], 'c': [mine[s]['item_stats'][key] for s in seeds]},
+                                 score, n_boot=n_boot).loc['c']
+            r[f'{key}_diff'] = dict(diff=float(t['diff']), low=float(t['diff_low']), high=float(t['diff_high']), p_le_0=float(t['p_le_0']))
     return rows
 
 def fmt(s, d=3, spread=True):
@@ -261,20 +299,24 @@ def table(rows:list, meta:dict) -> str:
     ref = meta['reference']
     mem = 'cuda_peak_mb' if meta['device'].startswith('cuda') else 'peak_rss_mb'
     l = [f"Strategies, {meta['arch']}, {meta['size']} px, bs {meta['bs']}, {meta['n_train']} training images of which "
-         f"{meta['n_masks']} keep a trimap, {meta['n_test']} test images, budget {meta['budget_batches']} batches, "
-         f"seeds {meta['seeds']}, {meta['device']} ({meta['threads']} thread(s)). Mean ± half the range over seeds.", '',
-         '| configuration | test mIoU | breed accuracy | wall (s) | CPU (s) | peak memory (MB) | training memory (MB) | '
-         'epochs | batches | steps | wall / ref | CPU / ref | peak memory / ref | training memory / ref |',
-         '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
+         f"{meta['n_masks']} keep a trimap, {meta['n_test']} test images, budget {meta['budget_batches']} batches (equal "
+         f"compute; `seg-only=exposure`: as many labelled trimaps as {ref}), seeds {meta['seeds']}, {meta['device']} "
+         f"({meta['threads']} thread(s)). Mean ± half the range over seeds; Δ: difference to {ref} with a 95% interval "
+         '(paired bootstrap over the test images and the seeds).', '',
+         '| configuration | test mIoU | Δ mIoU [95% CI] | breed accuracy | Δ accuracy [95% CI] | trimaps seen | batches with a trimap | '
+         'breeds seen | batches | steps | wall / ref | peak memory / ref |',
+         '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
     r2 = lambda v: '—' if v is None else f'{v:.2f}'
+    def d(r, k):
+        x = r.get(f'{k}_diff')
+        return '' if x is None else f"{x['diff']:+.3f} [{x['low']:+.3f}, {x['high']:+.3f}]"
     for r in rows:
         name = r['config'] + (' (ref)' if r['config'] == ref else '')
-        l.append(f"| {name} | {fmt(r['trimap_miou'])} | {fmt(r['breed_acc'])} | {fmt(r['wall_s'], 0, False)} | "
-                 f"{fmt(r['cpu_s'], 0, False)} | {fmt(r[mem], 0, False)} | {fmt(r['train_mem_mb'], 0, False)} | "
-                 f"{fmt(r['epochs'], 0, False)} | {fmt(r['batches'], 0, False)} | {fmt(r['steps'], 0, False)} | "
-                 f"{r2(r['wall_s_ratio'])} | {r2(r['cpu_s_ratio'])} | {r2(r[mem + '_ratio'])} | {r2(r['train_mem_mb_ratio'])} |")
-    l += ['', '"peak memory": the run\'s peak RSS' + (' (CUDA: max allocated)' if mem == 'cuda_peak_mb' else '') +
-          '; "training memory": peak RSS minus RSS just before `fit`; "ref": ' + ref + '.',
+        l.append(f"| {name} | {fmt(r['trimap_miou'])} | {d(r, 'trimap_miou')} | {fmt(r['breed_acc'])} | {d(r, 'breed_acc')} | "
+                 f"{fmt(r['trimap_items'], 0, False)} | {fmt(r['trimap_batches'], 0, False)} | {fmt(r['breed_items'], 0, False)} | "
+                 f"{fmt(r['batches'], 0, False)} | {fmt(r['steps'], 0, False)} | {r2(r['wall_s_ratio'])} | {r2(r[mem + '_ratio'])} |")
+    l += ['', 'Exposure: labelled items seen (summed over the run, mean over seeds) and batches holding any. "peak memory": '
+          "the run's peak RSS" + (' (CUDA: max allocated)' if mem == 'cuda_peak_mb' else '') + '; "ref": ' + ref + '.',
           f"Load average at the end: {meta['load_avg_1min_at_end']:.1f} on {meta['cpus']} CPUs; total {meta['total_s']} s."]
     return '\n'.join(l)
 
@@ -298,16 +340,22 @@ def main(argv=None):
               f'{a.size} px, budget {budget} batches of {a.bs}; {len(a.configs)} configurations x {len(a.seeds)} seed(s)', flush=True)
         runs = []
         for i, seed in enumerate(a.seeds):
-            k = (i * len(a.configs)) // max(len(a.seeds), 1)
-            order = a.configs[k:] + a.configs[:k]  # rotate, so no configuration always runs first or last
+            rest = [c for c in a.configs if c not in (REFERENCE, 'seg-only=exposure')]
+            k = (i * len(rest)) // max(len(a.seeds), 1)
+            order = ([REFERENCE] if REFERENCE in a.configs else []) + rest[k:] + rest[:k]   # rotated, but the reference first
+            if 'seg-only=exposure' in a.configs: order.append('seg-only=exposure')
             for c in order:
-                r = run_in_process(ctx, a, c, seed, budget, cache)
+                b = budget
+                if c == 'seg-only=exposure':   # as many labelled trimaps as the reference saw with this seed
+                    ref = next(r for r in runs if r['config'] == REFERENCE and r['seed'] == seed)
+                    b = max(1, round(ref['exposure']['trimap_items'] / a.bs))
+                r = run_in_process(ctx, a, c, seed, b, cache)
                 runs.append(r)
                 fm = lambda v: '  —  ' if v is None else f'{v:.3f}'
                 print(f"seed {seed} {c:<18} mIoU {fm(r['trimap_miou'])} acc {fm(r['breed_acc'])} {r['wall_s']:6.1f} s "
                       f"{r['batches']:4d} batches {r['steps']:4d} steps, peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
     import torch, platform
-    rows = aggregate(runs, a.configs)
+    rows = aggregate(runs, a.configs, n_boot=a.n_boot)
     arch = runs[0]['arch']
     meta = dict(data=a.data.name, arch=arch, size=a.size, bs=a.bs, epochs=a.epochs, lr=a.lr, mask_pct=a.mask_pct,
                 mask_seed=a.mask_seed, seeds=a.seeds, n_train=n_train, n_masks=n_masks, n_test=runs[0]['n_test'],
@@ -317,7 +365,8 @@ def main(argv=None):
                 python=platform.python_version(), torch=torch.__version__, load_avg_1min_at_end=os.getloadavg()[0],
                 total_s=round(time.time() - t0),
                 training='fit_one_cycle on the unfrozen model, body lr/10 (slice(lr/10, lr)), no validation until the end',
-                budget_rule='same number of training batches of bs images for every configuration (nearest whole epoch)')
+                budget_rule='same number of training batches of bs images for every configuration (nearest whole epoch), '
+                            'but seg-only=exposure: as many labelled trimaps as mixed+equal saw with the same seed')
     md = table(rows, {**meta, 'reference': meta['reference'] or '(none)'})
     print('\n' + md)
     a.out.mkdir(parents=True, exist_ok=True)

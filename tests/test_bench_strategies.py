@@ -1,6 +1,6 @@
-"Argument handling and the results table of bench/strategies.py, on made-up runs (no training, no data)"
+"Argument handling, the aggregation (exposure, paired intervals) and the results table of bench/strategies.py, on made-up runs (no training, no data)"
 import sys
-import pytest
+import numpy as np, pytest
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT/'bench'))
@@ -8,29 +8,37 @@ import strategies as S  # noqa: E402
 
 def test_parse():
     a = S.parse([])
-    assert a.configs == S.CONFIGS and len(S.CONFIGS) == 14 and a.threads == 1 and a.seeds == [0, 1]
+    assert a.configs == S.CONFIGS and len(S.CONFIGS) == 14 and a.threads == 2 and a.seeds == [0, 1, 2]
+    assert {'mixed+upgrad', 'random+equal', 'seg-only=exposure'} <= set(S.CONFIGS)
     q = S.parse(['--quick', '--seeds', '3', '4'])
     assert (q.size, q.epochs, q.seeds, q.configs) == (32, 1, [3], S.QUICK_CONFIGS)
     with pytest.raises(SystemExit): S.parse(['--configs', 'mixed+nope'])
+    with pytest.raises(SystemExit): S.parse(['--configs', 'seg-only=exposure'])   # needs the reference's exposure
 
-def fake_run(cfg, seed, miou, acc, wall, mem):
+def fake_run(cfg, seed, right, wall, mem, trimaps=100):
+    "`right`: which of 10 test images the breed is right for; trimap confusion matrices from it too"
     alt, w = cfg.split('+') if '+' in cfg else (None, None)
-    return dict(config=cfg, seed=seed, alternation=alt, weighting=w, trimap_miou=miou, breed_acc=acc, wall_s=wall,
-                cpu_s=wall/2, peak_rss_mb=mem, train_mem_mb=mem/10, batches=90, steps=45 if alt == 'sum' else 90, epochs=5)
+    acc = [[1., 1.] if k < right else [0., 1.] for k in range(10)]
+    cms = [[10., 1., 1., 10.] if k < right else [5., 6., 6., 5.] for k in range(10)]
+    return dict(config=cfg, seed=seed, alternation=alt, weighting=w, trimap_miou=S._miou(np.sum(cms, 0)), breed_acc=right/10,
+                wall_s=wall, cpu_s=wall/2, peak_rss_mb=mem, train_mem_mb=mem/10, batches=90, steps=45 if alt == 'sum' else 90,
+                epochs=5, item_stats=dict(breed_acc=acc, trimap_miou=cms),
+                exposure=dict(trimap_items=trimaps, trimap_batches=30, breed_items=1400))
 
 def test_aggregate_table():
-    runs = [fake_run('mixed+equal', 0, .6, .5, 10, 800), fake_run('mixed+equal', 1, .7, .4, 12, 820),
-            fake_run('sum+dwa', 0, .65, .45, 11, 810), fake_run('sum+dwa', 1, .65, .55, 11, 810),
-            fake_run('breed-only', 0, None, .6, 5, 700), fake_run('breed-only', 1, None, .5, 6, 700)]
-    rows = S.aggregate(runs, ['mixed+equal', 'sum+dwa', 'breed-only', 'seg-only'])
-    assert [r['config'] for r in rows] == ['mixed+equal', 'sum+dwa', 'breed-only']  # configurations without runs left out
-    ref, s, b = rows
-    assert ref['trimap_miou']['mean'] == pytest.approx(.65) and ref['wall_s_ratio'] == 1
-    assert s['wall_s_ratio'] == pytest.approx(1.) and s['peak_rss_mb_ratio'] == pytest.approx(810/810)
-    assert b['wall_s_ratio'] == pytest.approx(5.5/11) and b['trimap_miou']['mean'] is None
-    assert S.fmt(ref['trimap_miou']) == '0.650 ± 0.050' and S.fmt(b['trimap_miou']) == '—'
+    runs = [fake_run('mixed+equal', 0, 6, 10, 800), fake_run('mixed+equal', 1, 6, 12, 820),
+            fake_run('sum+equal', 0, 6, 11, 810), fake_run('sum+equal', 1, 6, 11, 810),
+            fake_run('mixed+upgrad', 0, 9, 22, 900, 90), fake_run('mixed+upgrad', 1, 9, 22, 900, 110)]
+    rows = S.aggregate(runs, ['mixed+equal', 'sum+equal', 'mixed+upgrad', 'seg-only'], n_boot=200)
+    assert [r['config'] for r in rows] == ['mixed+equal', 'sum+equal', 'mixed+upgrad']  # configurations without runs left out
+    ref, s, u = rows
+    assert ref['breed_acc']['mean'] == pytest.approx(.6) and ref['wall_s_ratio'] == 1 and 'breed_acc_diff' not in ref
+    assert s['breed_acc_diff']['diff'] == 0 and s['breed_acc_diff']['low'] == s['breed_acc_diff']['high'] == 0   # identical: paired
+    assert u['breed_acc_diff']['diff'] == pytest.approx(.3) and u['breed_acc_diff']['low'] > 0
+    assert u['trimap_miou_diff']['diff'] > 0 and u['wall_s_ratio'] == pytest.approx(2.)
+    assert u['trimap_items']['mean'] == 100 and S.fmt(u['trimap_items'], 0, False) == '100'
     meta = dict(reference='mixed+equal', device='cpu', arch='x', size=48, bs=16, n_train=302, n_masks=45, n_test=298,
                 budget_batches=90, seeds=[0, 1], threads=1, load_avg_1min_at_end=1., cpus=2, total_s=1)
     md = S.table(rows, meta)
-    assert '| mixed+equal (ref) | 0.650 ± 0.050 | 0.450 ± 0.050 |' in md
-    assert '| breed-only | — | 0.550 ± 0.050 |' in md and md.count('\n| ') == 5  # header, rule, three rows
+    assert '| mixed+equal (ref) | 0.' in md and '| mixed+upgrad |' in md and '+0.300 [' in md
+    assert md.count('\n| ') == 5  # header, rule, three rows
