@@ -11,7 +11,7 @@ from .core import *
 
 # %% auto #0
 __all__ = ['samplers', 'MTLSampler', 'PoolStream', 'MixedSampler', 'TaskBatchSampler', 'TaskEpochSampler', 'BalancedSampler',
-           'MTLDataLoader', 'show_mtl_sample']
+           'MTLDataLoader', 'show_mtl_sample', 'mtl_grid']
 
 # %% ../nbs/07_loader.ipynb #b3b2edfa
 samplers = Registry('sampler')
@@ -257,29 +257,40 @@ class MTLDataLoader(TfmdDL):
             raise MTLDataError(f'{self.item_desc(s)}: {type(e).__name__}: {e}') from e
 
 # %% ../nbs/07_loader.ipynb #fd4fcd99
-def show_mtl_sample(sample, tasks, ctx=None, title=None, figsize=None, **kwargs):
-    "Draw `sample` = `(image, target_1, ...)` decoded: the image, then each task's target and caption"
+def show_mtl_sample(sample, tasks, ctx=None, title=None, figsize=None, only=None, **kwargs):
+    "Draw `sample` = `(image, target_1, ...)` decoded: the image, then each task's target (or those at positions `only`), captioned"
     img, targs = sample[0], sample[1:]
     ctx = img.show(ctx=ctx, figsize=figsize)
     h,w = img.shape[-2:] if isinstance(img, Tensor) else img.size[::-1]
     for im in ctx.images: im.set_extent((0, w, h, 0))  # pixel corners at integers, like box coordinates
-    caps = [t.show(o, ctx=ctx, **kwargs) for t,o in zip(tasks, targs)]
+    keep = range(len(tasks)) if only is None else L(only)
+    caps = [tasks[i].show(targs[i], ctx=ctx, **kwargs) for i in keep]
     caps = [c for c in caps if c]
     txt = '\n'.join(([title] if title else []) + caps)
     if txt: ctx.set_title(txt, fontsize=8, loc='left')
+    ctx.set_xlim(0, w); ctx.set_ylim(h, 0)
     return ctx
+
+def mtl_grid(n:int, ncols:int=3, size:float=2.6, lines:int=4, figsize=None) -> list:
+    "`n` axes in a grid of `ncols` columns, room for `lines` caption lines above each image (constrained layout: no overlap)"
+    ncols = max(1, min(ncols, n)); nrows = math.ceil(n/ncols)
+    fig,axs = plt.subplots(nrows, ncols, squeeze=False, layout='constrained',
+                           figsize=ifnone(figsize, (size*ncols, (size + 0.2*lines + 0.1)*nrows)))
+    axs = axs.flatten()
+    for ax in axs[n:]: ax.set_axis_off()
+    return list(axs[:n])
 
 # %% ../nbs/07_loader.ipynb #3066f97d
 @patch
 def show_batch(self:MTLDataLoader, b=None, max_n=9, ctxs=None, show=True, unique=False, nrows=None, ncols=None,
                figsize=None, **kwargs):
-    "Show `max_n` samples of `b` (a new batch if None) with every task's target; missing targets show as '—'"
+    "Show `max_n` samples of `b` (a new batch if None) with every task's target; missing targets are captioned 'missing'"
     if unique: b = self.new(shuffle=False).one_batch() if b is None else b
     if b is None: b = self.one_batch()
     samples = self.decode_batch(b, max_n=max_n)
     if not show: return samples
-    if ctxs is None: ctxs = get_grid(len(samples), nrows=nrows, ncols=ncols, figsize=figsize or (3*min(len(samples), ncols or 3), 3.4*math.ceil(len(samples)/(ncols or 3))))
     tasks = self.tasks
+    if ctxs is None: ctxs = mtl_grid(len(samples), ncols=ifnone(ncols, 3), lines=len(tasks), figsize=figsize)
     for s,c in zip(samples, ctxs): show_mtl_sample(s, tasks, ctx=c, **kwargs)
 
 # %% ../nbs/07_loader.ipynb #4666149d
@@ -290,9 +301,8 @@ def show_results(self:MTLDataLoader, b, out, max_n=6, ctxs=None, show=True, figs
     b_out = type(b)(b[:self.n_inp] + (tuple(out) if is_listy(out) else (out,)))
     preds = self.decode_batch(b_out, max_n=max_n)
     if not show: return targs, preds
-    n = len(targs)
-    if ctxs is None: ctxs = get_grid(2*n, ncols=2, figsize=figsize or (6, 3.4*n))
-    tasks = self.tasks
+    n,tasks = len(targs),self.tasks
+    if ctxs is None: ctxs = mtl_grid(2*n, ncols=2, lines=len(tasks) + 1, figsize=figsize)
     for i,(t,p) in enumerate(zip(targs, preds)):
         show_mtl_sample(t, tasks, ctx=ctxs[2*i], title='target', **kwargs)
         show_mtl_sample(p, tasks, ctx=ctxs[2*i+1], title='prediction', pred=True, **kwargs)

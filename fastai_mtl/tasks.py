@@ -6,6 +6,7 @@ Docs: https://fastai-mtl.github.io/fastai_mtl/tasks.html.md"""
 
 # %% ../nbs/08_tasks.ipynb #6c4ea195
 from __future__ import annotations
+from matplotlib import patheffects
 from fastai.vision.all import *
 from .core import *
 from .transforms import *
@@ -58,8 +59,11 @@ class SegmentationTask(_ColTask):
     kind, sentinel = 'seg', IGNORE_INDEX
     def __init__(self, col:str, codes:list, code_map:dict=None, name:str=None, weight:float=None, loss_func=None,
                  decoder='unet', # a name in `decoders` ('unet', 'dynamic', 'light') or a callable `decoder(features, n_out, **head_kwargs)`
+                 untinted=None, # codes (names or indices) drawn without colour; default: the first code, by convention the background
+                 overlay:str='outline', # how masks are drawn: 'outline' (the image's colours stay readable) or 'fill'
                  **head_kwargs):
         super().__init__(col, name, weight, loss_func, **head_kwargs)
+        self.untinted_,self.overlay = untinted,overlay
         decoders.resolve(decoder)   # an unknown name fails here, not when the model is built
         self.codes, self.code_map, self.decoder = list(codes), code_map, decoder
         if len(self.codes) > IGNORE_INDEX: raise ValueError(f'at most {IGNORE_INDEX} codes, got {len(self.codes)}')
@@ -116,19 +120,35 @@ class SegmentationTask(_ColTask):
         return TensorMTLMask(torch.where(outside, IGNORE_INDEX, probs.argmax(0)))
 
     @property
-    def background(self) -> list:
-        "Codes left untinted when drawn: those named 'background' or 'void'"
-        return [i for i,c in enumerate(self.codes) if str(c).lower() in ('background', 'void')]
+    def untinted(self) -> list:
+        "Indices of the codes drawn without colour: `untinted` (names or indices), by default the first code"
+        u = [0] if self.untinted_ is None else L(self.untinted_)
+        return [self.codes.index(c) if isinstance(c, str) else int(c) for c in u]
+    def colour(self, code:int):
+        "The colour code `code` is drawn in (matplotlib's tab10, skipping the untinted codes)"
+        drawn = [i for i in range(len(self.codes)) if i not in self.untinted]
+        return plt.cm.tab10(drawn.index(code) % 10)
 
-    def show(self, o, ctx=None, pred=False, alpha=0.5, **kwargs):
+    def show(self, o, ctx=None, pred=False, alpha=0.45, legend:bool=True, **kwargs):
+        "Outline (or fill) each tinted code's region, a legend of the codes drawn; caption the codes present ('missing' when there is no mask)"
         m = np.asarray(to_np(o) if isinstance(o, Tensor) else o)
-        if (m == IGNORE_INDEX).all(): return f'{self.name}: —'
-        hide = np.isin(m, [IGNORE_INDEX, *self.background])
-        ctx.imshow(np.ma.masked_array(m, hide), cmap='tab10', alpha=alpha, vmin=0, vmax=9,
-                   interpolation='nearest', extent=(0, m.shape[1], m.shape[0], 0))
-        present = [self.codes[c] for c in np.unique(m[~hide])]
-        if not present and self.background: present = [self.codes[self.background[0]]]
-        return f"{self.name}: {', '.join(present)}"
+        if (m == IGNORE_INDEX).all(): return f'{self.name}: missing'
+        ext = (0, m.shape[1], m.shape[0], 0)
+        drawn = [c for c in np.unique(m) if c != IGNORE_INDEX and c not in self.untinted]
+        for c in drawn:
+            col = self.colour(c)
+            if self.overlay == 'fill':
+                ctx.imshow(np.ma.masked_array(np.ones_like(m), m != c), cmap=matplotlib.colors.ListedColormap([col]),
+                           alpha=alpha, interpolation='nearest', extent=ext)
+            else:
+                ys,xs = np.mgrid[0:m.shape[0], 0:m.shape[1]] + 0.5
+                cs = ctx.contour(xs, ys, (m == c).astype(float), levels=[0.5], colors=[col], linewidths=1.6)
+                cs.set(path_effects=[patheffects.Stroke(linewidth=3, foreground='black'), patheffects.Normal()])
+        if legend and drawn:
+            ctx.legend(handles=[matplotlib.patches.Patch(facecolor='none', edgecolor=self.colour(c), label=str(self.codes[c]))
+                                for c in drawn], loc='lower left', fontsize=6, framealpha=0.6, handlelength=1, borderpad=0.3)
+        present = [self.codes[c] for c in np.unique(m) if c != IGNORE_INDEX]
+        return f"{self.name}: {', '.join(map(str, present))}"
 
 # %% ../nbs/08_tasks.ipynb #f8967709
 class ClassificationTask(_ColTask):
@@ -184,7 +204,7 @@ class ClassificationTask(_ColTask):
         "`(label, probs)` from the probabilities `act` of one sample"
         return self.vocab[int(act.argmax())], act
     def show(self, o, ctx=None, pred=False, **kwargs):
-        return f'{self.name}: ' + ('—' if o is None else str(o))
+        return f'{self.name}: ' + ('missing' if o is None else str(o))
 
 # %% ../nbs/08_tasks.ipynb #04a0e9e8
 class BoxTask(_ColTask):
@@ -244,7 +264,7 @@ class BoxTask(_ColTask):
         return frame.to_source(act.float().view(2, 2)).view(4)
     def show(self, o, ctx=None, pred=False, color=None, **kwargs):
         b = tensor(o).view(-1, 4).float() if o is not None else None
-        if b is None or b.isnan().any(): return f'{self.name}: —'
+        if b is None or b.isnan().any(): return f'{self.name}: missing'
         TensorBBox(b[:1]).show(ctx=ctx, color=ifnone(color, 'yellow' if pred else 'white'))
         return None
 
@@ -290,7 +310,7 @@ class MultiLabelTask(_ColTask):
         "`(labels, probs)`: the labels whose probability exceeds `thresh`, and every class's probability"
         return [self.vocab[i] for i in torch.nonzero(act > self.thresh).flatten().tolist()], act
     def show(self, o, ctx=None, pred=False, **kwargs):
-        if o is None: return f'{self.name}: —'
+        if o is None: return f'{self.name}: missing'
         return f"{self.name}: {', '.join(map(str, o)) if len(o) else 'none'}"
 
 # %% ../nbs/08_tasks.ipynb #ad0e206f
@@ -340,5 +360,5 @@ class RegressionTask(_ColTask):
         return v[0] if len(v) == 1 else dict(zip(self.cols, v))
     def show(self, o, ctx=None, pred=False, **kwargs):
         v = None if o is None else tensor(o).float().reshape(-1)
-        if v is None or v.isnan().any(): return f'{self.name}: —'
+        if v is None or v.isnan().any(): return f'{self.name}: missing'
         return f"{self.name}: {', '.join(f'{x:.3g}' for x in v.tolist())}"

@@ -200,7 +200,7 @@ def test_show_batch_runs_and_marks_missing(synth):
     dls = dls_of(path, df)
     dls.valid.show_batch(max_n=8)
     titles = [ax.get_title(loc='left') for ax in plt.gcf().axes]
-    assert any('mask: —' in t for t in titles) and any('box: —' in t for t in titles)
+    assert any('mask: missing' in t for t in titles) and any('box: missing' in t for t in titles)
     plt.close('all')
 
 @pytest.mark.pets

@@ -399,13 +399,14 @@ def test_show_results_draws_every_task(trained):
         targ, pred = axs[2*i], axs[2*i + 1]
         assert targ.get_title(loc='left').startswith('target') and pred.get_title(loc='left').startswith('prediction')
         # the prediction shows every task: a mask overlay on the image, a colour, a box
-        assert len(pred.images) == 2 and 'colour: ' in pred.get_title(loc='left') and len(pred.patches) >= 1
-        assert 'mask: ' in pred.get_title(loc='left')
-        # the target shows what the sample has, and '—' for what it lacks
+        assert len(pred.images) == 1 and 'colour: ' in pred.get_title(loc='left') and len(pred.patches) >= 1
+        assert 'mask: ' in pred.get_title(loc='left')   # (a mask's regions are outlined: contour lines, not another image)
+        # the target shows what the sample has, and 'missing' for what it lacks
         t = targ.get_title(loc='left')
-        assert ('mask: —' in t) == pd.isna(row['mask']) and len(targ.images) == (1 if pd.isna(row['mask']) else 2)
-        assert (f"colour: {row.colour}" in t) if not pd.isna(row.colour) else 'colour: —' in t
-        assert ('box: —' in t) == pd.isna(row.x1) and (len(targ.patches) > 0) == (not pd.isna(row.x1))
+        assert ('mask: missing' in t) == pd.isna(row['mask']) and len(targ.images) == 1
+        if pd.isna(row['mask']): assert not targ.collections                   # nothing outlined without a mask
+        assert (f"colour: {row.colour}" in t) if not pd.isna(row.colour) else 'colour: missing' in t
+        assert ('box: missing' in t) == pd.isna(row.x1) and (len(targ.patches) > 0) == (not pd.isna(row.x1))
     plt.close('all')
 
 # ---------------------------------------------------------------------------------------------------------------
