@@ -27,7 +27,7 @@ from common import *
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--data', type=Path, default=DEFAULT_DATA)
+    p.add_argument('--data', type=Path, default=DEFAULT_DATA, help=DATA_HELP)
     p.add_argument('--size', type=int, default=128)
     p.add_argument('--epochs', type=int, default=30, help='end to end: epochs after the frozen one (fine_tune)')
     p.add_argument('--frozen-epochs', type=int, default=60, help='frozen features: epochs of head training')

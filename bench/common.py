@@ -6,6 +6,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get('FASTAI_MTL_PETS', ROOT.parent/'shared'/'data'/'oxford-iiit-pet-3breeds'))
 RESULTS = ROOT/'bench'/'results'
+DATA_HELP = 'Oxford-IIIT Pet layout (default: ../shared/data/oxford-iiit-pet-3breeds beside the project, or $FASTAI_MTL_PETS)'
 
 # TensorFlow's EfficientNet-Lite normalisation (mean 127, std 128 on a 0-255 scale)
 LITE_STATS = ([127/255]*3, [128/255]*3)

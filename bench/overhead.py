@@ -31,7 +31,7 @@ from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import ROOT, DEFAULT_DATA, rss_mb, peak_rss_mb  # noqa: E402
+from common import ROOT, DEFAULT_DATA, DATA_HELP, rss_mb, peak_rss_mb  # noqa: E402
 
 CONFIGS = {  # key: (label, group)
     'mtl': ('mtl_learner (fastai Adam)', 'mtl'),
@@ -57,7 +57,7 @@ def parse(argv=None):
     p.add_argument('--threads', type=int, default=os.cpu_count(), help='torch CPU threads')
     p.add_argument('--lr', type=float, default=1e-3)
     p.add_argument('--synth', action='store_true', help='synthetic shapes instead of the pets subset')
-    p.add_argument('--data', type=Path, default=DEFAULT_DATA)
+    p.add_argument('--data', type=Path, default=DEFAULT_DATA, help=DATA_HELP)
     p.add_argument('--no-loading', action='store_true', help='leave out the +loading rows')
     p.add_argument('--configs', nargs='*', default=None, help=f'subset of {list(CONFIGS)}')
     p.add_argument('--profile', action='store_true', help='print where the time of a library step and a hand step goes')

@@ -55,7 +55,7 @@ QUICK = dict(size=32, epochs=1, freeze_epochs=1, bs=8, n_train=24, n_valid=8, n_
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--data', type=Path, default=DEFAULT_DATA, help='Oxford-IIIT Pet layout (default: %(default)s)')
+    p.add_argument('--data', type=Path, default=DEFAULT_DATA, help=DATA_HELP)
     p.add_argument('--size', type=int, default=112, help='image size (squished), px')
     p.add_argument('--epochs', type=int, default=3, help='epochs with everything trainable (after the frozen ones)')
     p.add_argument('--freeze-epochs', type=int, default=1, help='first epochs with the pretrained encoder(s) frozen')

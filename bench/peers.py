@@ -36,7 +36,7 @@ QUICK = dict(size=32, epochs=1, bs=8, seeds=[0], n_train=24, n_test=16, configs=
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--data', type=Path, default=DEFAULT_DATA)
+    p.add_argument('--data', type=Path, default=DEFAULT_DATA, help=DATA_HELP)
     p.add_argument('--size', type=int, default=96)
     p.add_argument('--bs', type=int, default=16)
     p.add_argument('--epochs', type=int, default=8)

@@ -50,7 +50,7 @@ QUICK_CONFIGS = ['mixed+equal', 'mixed+upgrad', 'random+equal', 'seg-only=exposu
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--data', type=Path, default=DEFAULT_DATA, help='Oxford-IIIT Pet layout (images/, annotations/)')
+    p.add_argument('--data', type=Path, default=DEFAULT_DATA, help=DATA_HELP)
     p.add_argument('--size', type=int, default=64, help='image size (px); a GPU run would use 128-224')
     p.add_argument('--bs', type=int, default=16)
     p.add_argument('--epochs', type=int, default=3, help='budget: passes over the training images in mixed batches')
@@ -68,6 +68,7 @@ def parse(argv=None):
                    help=f'tiny end-to-end check: 32 px, 48 training / 24 test images, bs 4, 1 epoch, one seed, {QUICK_CONFIGS}')
     p.add_argument('--out', type=Path, default=RESULTS, help='folder for the results')
     p.add_argument('--name', default='strategies', help='results file names: NAME.json and NAME.md')
+    p.add_argument('--render', action='store_true', help='only rewrite NAME.md (and the rows of NAME.json) from the runs saved in NAME.json')
     a = p.parse_args(argv)
     if a.quick:
         a.size, a.bs, a.epochs, a.seeds, a.n_train, a.n_test = 32, 4, 1, a.seeds[:1], 48, 24
@@ -247,8 +248,9 @@ def run_in_process(ctx, a, cfg, seed, budget, cache) -> dict:
 
 def stats_of(xs):
     xs = [x for x in xs if x is not None]
-    if not xs: return dict(mean=None, min=None, max=None, sd=None)
-    return dict(mean=statistics.fmean(xs), min=min(xs), max=max(xs), sd=statistics.stdev(xs) if len(xs) > 1 else None)
+    if not xs: return dict(mean=None, median=None, min=None, max=None, sd=None)
+    return dict(mean=statistics.fmean(xs), median=statistics.median(xs), min=min(xs), max=max(xs),
+                sd=statistics.stdev(xs) if len(xs) > 1 else None)
 
 KEYS = ('trimap_miou', 'breed_acc', 'wall_s', 'cpu_s', 'peak_rss_mb', 'train_mem_mb', 'batches', 'steps', 'epochs')
 EXPOSURE = ('trimap_items', 'trimap_batches', 'breed_items')
@@ -275,7 +277,8 @@ def aggregate(runs:list, configs:list, reference:str=REFERENCE, n_boot:int=2000)
     ref = next((r for r in rows if r['config'] == reference), None)
     for r in rows:
         for k in ('wall_s', 'cpu_s', 'peak_rss_mb', 'train_mem_mb') + (('cuda_peak_mb',) if 'cuda_peak_mb' in r else ()):
-            r[f'{k}_ratio'] = r[k]['mean']/ref[k]['mean'] if ref and ref[k]['mean'] else None
+            # costs: the median over seeds, robust to a run slowed by another job on the machine
+            r[f'{k}_ratio'] = r[k]['median']/ref[k]['median'] if ref and ref[k]['median'] else None
     if ref is None: return rows
     from fastai_mtl.compare import paired_bootstrap
     ref_runs = {x['seed']: x for x in runs if x['config'] == reference}
@@ -315,13 +318,25 @@ def table(rows:list, meta:dict) -> str:
         l.append(f"| {name} | {fmt(r['trimap_miou'])} | {d(r, 'trimap_miou')} | {fmt(r['breed_acc'])} | {d(r, 'breed_acc')} | "
                  f"{fmt(r['trimap_items'], 0, False)} | {fmt(r['trimap_batches'], 0, False)} | {fmt(r['breed_items'], 0, False)} | "
                  f"{fmt(r['batches'], 0, False)} | {fmt(r['steps'], 0, False)} | {r2(r['wall_s_ratio'])} | {r2(r[mem + '_ratio'])} |")
-    l += ['', 'Exposure: labelled items seen (summed over the run, mean over seeds) and batches holding any. "peak memory": '
+    l += ['', 'Exposure: labelled items seen (summed over the run, mean over seeds) and batches holding any. Costs: ratios of '
+          'the medians over seeds (a run slowed by another job on the machine does not move them). "peak memory": '
           "the run's peak RSS" + (' (CUDA: max allocated)' if mem == 'cuda_peak_mb' else '') + '; "ref": ' + ref + '.',
           f"Load average at the end: {meta['load_avg_1min_at_end']:.1f} on {meta['cpus']} CPUs; total {meta['total_s']} s."]
     return '\n'.join(l)
 
+def render(a):
+    "Rows and table again from the runs of a saved NAME.json (after a change to the aggregation or the table)"
+    f = a.out/f'{a.name}.json'
+    res = json.loads(f.read_text())
+    configs = list(dict.fromkeys(r['config'] for r in res['runs']))
+    res['rows'] = aggregate(res['runs'], [c for c in CONFIGS if c in configs], n_boot=a.n_boot)
+    md = table(res['rows'], {**res['meta'], 'reference': res['meta']['reference'] or '(none)'})
+    f.write_text(json.dumps(res, indent=1)); (a.out/f'{a.name}.md').write_text(md + '\n')
+    print(md)
+
 def main(argv=None):
     a = parse(argv)
+    if a.render: return render(a)
     check_data(a.data)
     import multiprocessing as mp
     ctx = mp.get_context('forkserver')  # each run in a fresh process (its own peak memory), without re-importing torch

@@ -9,6 +9,7 @@ from .metrics import *
 from .layers import *
 from .loader import *
 from .tasks import *
+from .cache import *
 from .data import *
 from .model import *
 from .learner import *

@@ -11,6 +11,7 @@ from .core import *
 from .transforms import *
 from .loader import *
 from .tasks import *
+from .cache import *
 
 # %% auto #0
 __all__ = ['check_task', 'check_mtl_df', 'check_files', 'check_split', 'mtl_datablock', 'shortcut_tasks', 'MTLDataLoaders']
@@ -118,6 +119,7 @@ class MTLDataLoaders(DataLoaders):
                 sampler:MTLSampler|str='balanced', # how training batches are drawn: a `MTLSampler`, 'balanced', 'mixed', 'task', 'epoch'; None: fastai's shuffling
                 mask_col:str=None, codes:list=None, label_col:str|list=None, box_cols:list=None, code_map:dict=None, # shortcut for `tasks`
                 check:str='fast', # 'fast': read every file's header; 'full': decode every image and mask once; None: only the DataFrame
+                cache:bool|str|Path=None, # decode every item once into memory-mapped arrays (`cached`): True (`default_cache_dir()`) or a folder; `num_workers` then defaults to 0
                 **kwargs):
         "Build from `df` (a row per image, paths relative to `path`); empty cells are missing targets"
         path = Path(path)
@@ -134,6 +136,7 @@ class MTLDataLoaders(DataLoaders):
         if len(splits[0]) < bs and (sampler is None or samplers.resolve(sampler) in (MixedSampler,) or isinstance(sampler, MixedSampler)):
             raise MTLDataError(f'the training set has {len(splits[0])} images, fewer than a batch of bs={bs}: lower `bs`')
         if item_tfms is None and size is not None: item_tfms = Resize(size, method=ResizeMethod.Squish)
+        if cache: kwargs.setdefault('num_workers', 0)   # reading a memory map is cheaper than starting workers each epoch
         dblock = mtl_datablock(tasks, path, fn_col, lambda _: splits, item_tfms, batch_tfms, img_cls=img_cls)
         dl_kwargs = [{'sampler': sampler, 'tasks': tasks}, {'sampler': None, 'tasks': tasks}]
         try: dls = dblock.dataloaders(df, path=path, bs=bs, dl_kwargs=dl_kwargs, **kwargs)
@@ -146,7 +149,12 @@ class MTLDataLoaders(DataLoaders):
         res = cls(*dls.loaders, path=path, device=dls.device)
         res.fn_col = fn_col
         res.setup_tasks()
+        if cache: res.cached(None if cache is True else cache)
         return res
+
+    def cached(self, folder=None, num_workers:int=None, progress:bool=True):
+        "Read items from an `ItemCache` (built once at `folder`, default `default_cache_dir()`, in `num_workers` processes (default: up to 8), rebuilt when the rows, files or transforms change) instead of decoding them every epoch"
+        return cache_items(self, folder, num_workers, progress)
 
     def model_boxes(self, rows:pd.DataFrame, cols:list, max_n:int=2000, seed:int=0) -> Tensor:
         "Boxes `(n, 4)` of `rows` (pixel coordinates in `cols`) where the validation item transforms put them (clipped; at most `max_n` rows, sampled)"
@@ -156,7 +164,7 @@ class MTLDataLoaders(DataLoaders):
         for fn, box in zip(rows[self.fn_col], rows[list(cols)].astype(float).values):
             with Image.open(Path(self.path)/fn) as im: sz = im.size   # the header only: nothing decoded
             if sz not in frames: frames[sz] = source_frame(Image.new('L', sz), self.valid.after_item.fs)
-            res.append(frames[sz].to_model(tensor(box).float().view(2, 2)).view(4))
+            res.append(frames[sz].to_model(torch.tensor(box, dtype=torch.float32).view(2, 2)).view(4))
         return torch.stack(res).clamp(-1, 1)
 
     def setup_tasks(self):

@@ -6,7 +6,7 @@ Docs: https://fastai-mtl.github.io/fastai_mtl/demo.html.md"""
 
 # %% ../nbs/15_demo.ipynb #ffd7b755
 from __future__ import annotations
-import argparse, sys, time, warnings
+import argparse, os, sys, time, warnings
 warnings.filterwarnings('ignore', message='.*torch.jit.script.*', category=FutureWarning)  # raised by an import below
 from fastai.vision.all import *
 from .core import *
@@ -34,7 +34,7 @@ def synth_demo(n:int=3000, size:int=48, bs:int=64, seed:int=0, missing:dict=None
     "`(dls, arch, pretrained)` for the synthetic demo: `synth_shapes` with `missing` targets, four tasks, `demo_body`"
     path, df = synth_shapes(n, size=size, seed=seed, missing=ifnone(missing, DEMO_MISSING))
     simple = dict(lin_ftrs=[], ps=0., concat_pool=False, first_bn=False)   # fastai `create_head` options: one linear layer
-    tasks = [SegmentationTask('mask', SHAPE_CODES, decoder='light'), ClassificationTask('shape', **simple),
+    tasks = [SegmentationTask('mask', SHAPE_CODES), ClassificationTask('shape', **simple),
              ClassificationTask('colour', **simple), BoxTask()]
     dls = MTLDataLoaders.from_df(df, path, 'fn', tasks, valid_col='is_valid', bs=bs, num_workers=0)
     return dls, demo_body(), False
@@ -70,20 +70,20 @@ def run_demo(data=None, # an Oxford-IIIT Pet layout folder; default: the synthet
     "Train the demo: `(learn, metrics table, picture path)`"
     set_seed(seed, reproducible=True)
     if data is None:
-        n, size, epochs, bs = (ifnone(n, d) for d in ((200, 32, 1, 32) if quick else (3000, 48, 8, 64)))
+        n, size, epochs, bs = (ifnone(n, d) for d in ((200, 32, 1, 32) if quick else (3000, 48, 12, 64)))
         dls, arch, pretrained = synth_demo(n, size, bs, seed)
     else:
         size, epochs, bs = (ifnone(v, d) for v,d in zip((size, epochs, bs), (64, 1, 16) if quick else (128, 5, 16)))
         dls, arch, pretrained = pets_demo(data, size, bs, seed, n=ifnone(n, 96 if quick else None))
-    try: learn = mtl_learner(dls, arch, pretrained=pretrained, decoder='light')
+    try: learn = mtl_learner(dls, arch, pretrained=pretrained)
     except PretrainedWeightsError as e:  # no download possible: say so, train from scratch
         print(f'No ImageNet weights ({str(e).splitlines()[0]}): training a resnet18 from scratch instead', flush=True)
         arch, pretrained = resnet18, False
-        learn = mtl_learner(dls, arch, pretrained=pretrained, decoder='light')
+        learn = mtl_learner(dls, arch, pretrained=pretrained)
     if not show: learn.remove_cb(ProgressCallback)
     start = time.time()
     if pretrained: learn.fine_tune(epochs, ifnone(lr, 2e-3))
-    else: learn.fit_one_cycle(epochs, ifnone(lr, 3e-3))
+    else: learn.fit_one_cycle(epochs, ifnone(lr, 1e-2))
     secs = time.time() - start
     tab = metrics_table(learn)
     learn.show_results(max_n=6)
@@ -92,7 +92,7 @@ def run_demo(data=None, # an Oxford-IIIT Pet layout folder; default: the synthet
     if show:
         print(f'\n{len(dls.train_ds)} training images at {size} px, {epochs} epochs in {secs:.0f} s; validation metrics:')
         print(tab.round(3).to_string())
-        print(f'predictions (left: targets, right: predictions) -> {out}')
+        print(f'predictions (left: targets, right: predictions) -> {os.path.relpath(out)}')
     return learn, tab, out
 
 # %% ../nbs/15_demo.ipynb #6064ef08

@@ -191,14 +191,17 @@ class MTLDataLoader(TfmdDL):
     def __init__(self, dataset=None,
                  sampler:MTLSampler|str=None, # how training batches are drawn: an `MTLSampler` or a name in `samplers`
                  tasks:list=None, # the `Task` of each target, in order (None: found on the targets' transforms)
+                 cache=None, # items already through `after_item`, indexed like `dataset` (an `ItemCache`): read instead of decoded
                  **kwargs):
         self.sampler = samplers.create(sampler) if sampler is not None else None
         self._tasks = None if tasks is None else L(tasks)
+        self.cache = cache
         super().__init__(dataset, **kwargs)
 
     def new(self, dataset=None, cls=None, **kwargs):
         kwargs.setdefault('sampler', self.sampler)
         kwargs.setdefault('tasks', self._tasks)
+        if dataset is None: kwargs.setdefault('cache', self.cache)   # the cache holds this dataset's items, no other's
         return super().new(dataset, cls, **kwargs)
 
     @property
@@ -249,7 +252,7 @@ class MTLDataLoader(TfmdDL):
         except Exception: return f'sample {s}'
 
     def do_item(self, s):
-        try: return super().do_item(s)
+        try: return self.cache[s] if self.cache is not None and s is not None else super().do_item(s)
         except MTLDataError as e:
             if str(e).startswith('sample '): raise
             raise MTLDataError(f'{self.item_desc(s)}: {e}') from e

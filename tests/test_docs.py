@@ -99,3 +99,51 @@ def test_pages_content(site):
     assert 'fastai-mtl.github.io' not in re.sub(r'<link[^>]*>', '', html)  # no link to the hosted copy of our pages
     assert '#| ' not in html and 'show_doc(' not in html                  # directives and show_doc calls are gone
     assert not re.search(r'<(script|link)[^>]+(src|href)="https?://', html), 'the page loads something from the web'
+
+# --- what a reader trips over: duplicated anchors, machine paths, stray reprs, the navigation ----------------------
+_MACHINE = re.compile(r'(/work/|/home/\w|/root/|/tmp/|/private/var/|site-packages|\.venv/|[A-Z]:\\\\Users)')
+_REPRS = re.compile(r'(&lt;(Axes|Figure|matplotlib)[^&]*&gt;|np\.float64\(|np\.int64\(|tensor\(\[[^\]]*\], grad_fn)')
+
+class _Ids(HTMLParser):
+    def __init__(self, text): super().__init__(); self.ids = []; self.feed(text)
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if a.get('id'): self.ids.append(a['id'])
+
+def _visible_text(html:str) -> str:
+    "The page's text without its <head>, scripts and link targets (where a path would be harmless)"
+    html = re.sub(r'<head>.*?</head>|<script\b.*?</script>', '', html, flags=re.S)
+    return re.sub(r'(href|src)="[^"]*"', '', html)
+
+def test_no_duplicate_anchor_machine_path_or_stray_repr(site):
+    bad = []
+    for f in sorted(site.rglob('*.html')):
+        html = f.read_text(encoding='utf-8')
+        ids = _Ids(html).ids
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup: bad.append(f'{f.name}: duplicated id(s) {dup[:5]}')
+        text = _visible_text(html)
+        if m := _MACHINE.search(text): bad.append(f'{f.name}: a machine path ...{text[max(0, m.start()-60):m.end()+40]!r}')
+        if m := _REPRS.search(text): bad.append(f'{f.name}: a stray repr {text[max(0, m.start()-40):m.end()+20]!r}')
+    assert not bad, '\n'.join(bad)
+
+def test_every_image_exists(site):
+    missing = [f'{f.name}: {src}' for f in site.rglob('*.html') for src in re.findall(r'<img[^>]+src="([^"]+)"', f.read_text(encoding='utf-8'))
+               if not src.startswith(('http', 'data:')) and not (f.parent/unquote(src)).exists()]
+    assert not missing, missing
+
+def test_sidebar_lists_every_notebook_once():
+    side = bd.sidebar(ROOT/'nbs')
+    listed = []
+    def walk(o):
+        if isinstance(o, dict) and 'section' in o:
+            for c in o['contents']: walk(c)
+        else: listed.append(o)
+    for o in side: walk(o)
+    nbs = sorted(p.name for p in bd.list_nbs(ROOT/'nbs'))
+    assert sorted(listed) == nbs, (set(nbs) ^ set(listed))
+    assert listed[0] == 'index.ipynb' and [o['section'] for o in side[1:]][:2] == ['Tutorials', 'Training']
+
+def test_grouped_navigation(site):
+    html = (site/'index.html').read_text(encoding='utf-8')
+    for sec in ('Tutorials', 'Training', 'Data', 'Models', 'Strategies', 'Experiments'): assert f'>{sec}<' in html or f'{sec}\n' in html, sec

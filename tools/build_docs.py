@@ -335,8 +335,26 @@ def fix_anchors(md:str, page:Path, anchors:dict) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 # The site
 
+def sidebar(nbs:Path) -> list:
+    "The grouped navigation of `nbs/sidebar.yml` (Quarto's `website.sidebar.contents`), or None when there is none"
+    f = Path(nbs)/'sidebar.yml'
+    if not f.exists(): return None
+    import yaml
+    return yaml.safe_load(f.read_text())['website']['sidebar']['contents']
+
 def nav_for(nbs:Path, pages:dict, titles:dict) -> list:
-    "MkDocs nav: index first, then notebooks in name order; sub-folders become sections (numeric prefixes dropped)"
+    "MkDocs nav: the sections of `nbs/sidebar.yml` when there is one (notebooks it leaves out go last), else index first and the notebooks in name order"
+    side = sidebar(nbs)
+    if side is not None:
+        listed = []
+        def _entry(o):
+            if isinstance(o, dict) and 'section' in o: return {o['section']: [_entry(c) for c in o['contents']]}
+            nb = o if isinstance(o, str) else o.get('href')
+            if nb not in pages: raise BuildError(f'sidebar.yml names {nb!r}, which is not a notebook of {nbs}')
+            listed.append(nb)
+            return {titles[nb]: pages[nb].as_posix()}
+        nav = [_entry(o) for o in side]
+        return nav + [{titles[nb]: pages[nb].as_posix()} for nb in pages if nb not in listed]
     nav = []
     for nb in pages:
         parts = list(Path(nb).parts[:-1])
