@@ -37,7 +37,7 @@ def parse(argv=None):
     p.add_argument('--threads', type=int, default=2)
     p.add_argument('--n-boot', type=int, default=2000)
     p.add_argument('--quick', action='store_true', help='end-to-end check in seconds: 64 px, 1 epoch, 1 seed, 40 images')
-    p.add_argument('--out', type=Path, default=None, help=f'results folder (default: {RESULTS}; --quick: a temp folder)')
+    p.add_argument('--out', type=Path, default=None, help='results folder (default: bench/results; --quick: a temp folder)')
     a = p.parse_args(argv)
     if a.quick: a.size, a.epochs, a.frozen_epochs, a.seeds, a.n_boot = 64, 1, 2, a.seeds[:1], 100
     if a.out is None: a.out = Path(tempfile.mkdtemp(prefix='box_heads_')) if a.quick else RESULTS

@@ -78,7 +78,7 @@ def parse(argv=None):
     p.add_argument('--quick', action='store_true',
                    help=f'end-to-end check in seconds: {QUICK} (flags given explicitly still win); writes to a temp '
                         'folder unless --out is given')
-    p.add_argument('--out', type=Path, default=None, help=f'results folder (default: {RESULTS})')
+    p.add_argument('--out', type=Path, default=None, help='results folder (default: bench/results)')
     p.add_argument('--quiet', action='store_true', help="do not echo the models' training logs")
     p.add_argument('--in-process', action='store_true',
                    help='train every model in this process (faster to start; the peak memory is then not per model)')

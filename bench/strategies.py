@@ -16,7 +16,9 @@ Configurations (same body: `backbone()` of bench/common.py, EfficientNet-Lite0 I
 - `seg-only`, `breed-only`: one task alone, trained on the images that carry it, **at equal compute** (as many
   batches as every other configuration);
 - `seg-only=exposure`: the trimap task alone **at equal exposure**: as many labelled trimaps as `mixed+equal` of the
-  same seed saw (its batches: those trimaps / bs).
+  same seed saw (its batches: those trimaps / bs); `breed-only=exposure` likewise for the breeds (with `--breed-pct`);
+- `mixed+<weighting>+pseudo`: the same with `PseudoLabel` (fastai_mtl.pseudo) on every task, default settings
+  (bench/pseudo.py; not run by default).
 
 Equal compute: every configuration but `seg-only=exposure` makes the same number of training batches of `--bs`
 images (`--epochs` passes over the training images in random batches; a mode whose epochs have another length runs
@@ -33,7 +35,7 @@ temporary cache of lossless PNGs, with the resampling of fastai's `Resize` (the 
 the originals), so that decoding full-size JPEGs does not dominate the time on CPU (`--no-cache`: the originals).
 
     python bench/strategies.py [--data PATH] [--size 64] [--bs 16] [--epochs 3] [--seeds 0 1 2] [--configs ...]
-    python bench/strategies.py --quick --out /tmp/x     # tiny end-to-end check (32 px, few images, 1 epoch)
+    python bench/strategies.py --quick --out quick_results     # tiny end-to-end check (32 px, few images, 1 epoch)
 """
 import argparse, json, os, statistics, sys, tempfile, time
 from pathlib import Path
@@ -42,9 +44,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import *  # noqa: E402,F401  (DEFAULT_DATA, RESULTS, backbone, check_data, pets_split, set_threads, ...)
 
 WEIGHTINGS = ('equal', 'dwa', 'uncertainty', 'upgrad', 'mgda', 'pcgrad', 'cagrad')
-BASELINES = ('seg-only', 'seg-only=exposure', 'breed-only')
+BASELINES = ('seg-only', 'seg-only=exposure', 'breed-only', 'breed-only=exposure')
+EXPOSED = {'seg-only=exposure': 'trimap', 'breed-only=exposure': 'breed'}   # baseline at equal exposure: the task it matches
 CONFIGS = ([f'mixed+{w}' for w in WEIGHTINGS] + ['random+equal', 'epoch+equal', 'batch+equal', 'sum+equal']
-           + list(BASELINES))
+           + list(BASELINES[:3]))
+EXTRA = ['mixed+equal+pseudo', 'mixed+dwa+pseudo', 'breed-only=exposure']   # not run by default (bench/pseudo.py runs them)
+ALL = CONFIGS + EXTRA
 REFERENCE = 'mixed+equal'
 QUICK_CONFIGS = ['mixed+equal', 'mixed+upgrad', 'random+equal', 'seg-only=exposure']
 
@@ -56,9 +61,13 @@ def parse(argv=None):
     p.add_argument('--epochs', type=int, default=3, help='budget: passes over the training images in mixed batches')
     p.add_argument('--lr', type=float, default=2e-3, help='one-cycle peak lr of the heads (body: lr/10)')
     p.add_argument('--mask-pct', type=float, default=0.15, help='share of training images keeping their trimap')
+    p.add_argument('--breed-pct', type=float, default=1., help='share of training images keeping their breed label')
+    p.add_argument('--pseudo-kw', type=json.loads, default={}, metavar='JSON',
+                   help='keyword arguments of PseudoLabel in the +pseudo configurations, e.g. \'{"weight": 0.3, "start": 0.5}\' '
+                        '("max_lighting": x gives strong=strong_tfms(max_lighting=x))')
     p.add_argument('--mask-seed', type=int, default=0, help='seed of the choice of those images (same for every run)')
     p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2], help='training seeds (one full set of runs each)')
-    p.add_argument('--configs', nargs='+', default=None, metavar='CONFIG', help=f'subset of {CONFIGS}')
+    p.add_argument('--configs', nargs='+', default=None, metavar='CONFIG', help=f'subset of {ALL}')
     p.add_argument('--threads', type=int, default=2, help='torch CPU threads per run')
     p.add_argument('--n-boot', type=int, default=2000, help='bootstrap replicates of the intervals')
     p.add_argument('--n-train', type=int, default=None, help='use only this many training images (seeded)')
@@ -74,9 +83,9 @@ def parse(argv=None):
         a.size, a.bs, a.epochs, a.seeds, a.n_train, a.n_test = 32, 4, 1, a.seeds[:1], 48, 24
         a.configs = a.configs or QUICK_CONFIGS
     a.configs = a.configs or CONFIGS
-    bad = [c for c in a.configs if c not in CONFIGS]
-    if bad: p.error(f'unknown configuration(s) {bad}; choose from {CONFIGS}')
-    if 'seg-only=exposure' in a.configs and REFERENCE not in a.configs: p.error(f'seg-only=exposure needs {REFERENCE}')
+    bad = [c for c in a.configs if c not in ALL]
+    if bad: p.error(f'unknown configuration(s) {bad}; choose from {ALL}')
+    if any(c in EXPOSED for c in a.configs) and REFERENCE not in a.configs: p.error(f'{list(EXPOSED)} need {REFERENCE}')
     return a
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -94,6 +103,10 @@ def experiment_df(a):
     keep = rng.choice(train, max(1, round(a.mask_pct*len(train))), replace=False)
     df['has_mask'] = df.is_valid | df.index.isin(keep)
     df.loc[~df.has_mask, 'trimap'] = None
+    keep = np.random.default_rng([a.mask_seed, 1]).choice(train, max(1, round(a.breed_pct*len(train))), replace=False)
+    df['has_breed'] = df.is_valid | df.index.isin(keep)
+    df['breed'] = df.breed.astype(object)
+    df.loc[~df.has_breed, 'breed'] = None
     return df
 
 def build_cache(a, df, dest:Path):
@@ -112,13 +125,14 @@ def build_cache(a, df, dest:Path):
 def config_tasks(cfg):
     from fastai_mtl.all import SegmentationTask, ClassificationTask, TRIMAP_CODES, TRIMAP_CODE_MAP
     seg, breed = SegmentationTask('trimap', TRIMAP_CODES, code_map=TRIMAP_CODE_MAP), ClassificationTask('breed')
-    return {'seg-only': [seg], 'seg-only=exposure': [seg], 'breed-only': [breed]}.get(cfg, [seg, breed])
+    return {'seg-only': [seg], 'seg-only=exposure': [seg], 'breed-only': [breed], 'breed-only=exposure': [breed]}.get(cfg, [seg, breed])
 
 def make_dls(a, df, cfg, path, stats):
     from fastai.vision.all import aug_transforms, Normalize
     from fastai_mtl.all import MTLDataLoaders
     if cfg.startswith('seg-only'): df = df[df.has_mask]
-    n_lab = int((~df.is_valid & df.has_mask).sum()) if cfg != 'breed-only' else int((~df.is_valid).sum())
+    if cfg.startswith('breed-only'): df = df[df.has_breed]
+    n_lab = int((~df.is_valid & (df.has_breed if cfg.startswith('breed-only') else df.has_mask)).sum())
     if n_lab < a.bs: sys.exit(f'{cfg}: {n_lab} labelled training images, fewer than a batch of {a.bs}: lower --bs')
     return MTLDataLoaders.from_df(df, path, 'fn', config_tasks(cfg), valid_col='is_valid', size=a.size, bs=a.bs,
                                   num_workers=0, batch_tfms=[*aug_transforms(), Normalize.from_stats(*stats)])
@@ -176,6 +190,12 @@ def run_config(a, cfg:str, seed:int, budget:int, cache:Path=None) -> dict:
     set_seed(seed)
     dls = make_dls(a, df, cfg, path, stats)
     kw = {} if cfg in BASELINES else dict(alternation=alternation(cfg, dls), weighting=cfg.split('+')[1])
+    extra = []
+    if cfg.endswith('+pseudo'):
+        from fastai_mtl.pseudo import PseudoLabel, strong_tfms
+        pkw = dict(getattr(a, 'pseudo_kw', {}))
+        if 'max_lighting' in pkw: pkw['strong'] = strong_tfms(max_lighting=pkw.pop('max_lighting'))   # JSON cannot name transforms
+        extra.append(PseudoLabel(**pkw))
 
     class Measure(Callback):
         "No validation during `fit`; count training batches and optimiser steps; each batch's per-task losses"
@@ -191,10 +211,10 @@ def run_config(a, cfg:str, seed:int, budget:int, cache:Path=None) -> dict:
         def after_step(self): self.steps += 1
 
     m = Measure()
-    learn = mtl_learner(dls, arch, pretrained=pretrained, decoder='light', cbs=m, **kw)
+    learn = mtl_learner(dls, arch, pretrained=pretrained, decoder='light', cbs=[m, *extra], **kw)
     learn.unfreeze()
     n_epochs = epochs_for(cfg, dls, budget)
-    if cfg == 'seg-only=exposure':   # `budget` is then the number of batches: fastai's epochs of those batches exactly
+    if cfg in EXPOSED:   # `budget` is then the number of batches: fastai's epochs of those batches exactly
         from fastai_mtl.loader import TaskBatchSampler
         dls.train.sampler = TaskBatchSampler(epoch=budget)
         n_epochs = 1
@@ -213,6 +233,7 @@ def run_config(a, cfg:str, seed:int, budget:int, cache:Path=None) -> dict:
     by_epoch = alt is not None and isinstance(alt.mode, EpochAlternation)
     res = dict(config=cfg, seed=seed, tasks=[t.name for t in dls.tasks],
                alternation=cfg.split('+')[0] if '+' in cfg else None, weighting=cfg.split('+')[1] if '+' in cfg else None,
+               pseudo=extra[0].df.to_dict('records') if extra else None,
                trimap_miou=mets.get('trimap_miou'), breed_acc=mets.get('breed_acc'), metrics=mets,
                wall_s=t.wall, cpu_s=t.cpu, rss0_mb=rss0, peak_rss_mb=peak, train_mem_mb=peak - rss0,
                epochs=n_epochs, batches=m.batches, steps=m.steps, n_train=len(dls.train_ds), n_test=len(dls.valid_ds),
@@ -301,9 +322,11 @@ def fmt(s, d=3, spread=True):
 def table(rows:list, meta:dict) -> str:
     ref = meta['reference']
     mem = 'cuda_peak_mb' if meta['device'].startswith('cuda') else 'peak_rss_mb'
+    nb = meta.get('n_breeds', meta['n_train'])
     l = [f"Strategies, {meta['arch']}, {meta['size']} px, bs {meta['bs']}, {meta['n_train']} training images of which "
-         f"{meta['n_masks']} keep a trimap, {meta['n_test']} test images, budget {meta['budget_batches']} batches (equal "
-         f"compute; `seg-only=exposure`: as many labelled trimaps as {ref}), seeds {meta['seeds']}, {meta['device']} "
+         f"{meta['n_masks']} keep a trimap" + ('' if nb == meta['n_train'] else f" and {nb} a breed") + f", {meta['n_test']} "
+         f"test images, budget {meta['budget_batches']} batches (equal compute; `*-only=exposure`: as many labelled items "
+         f"of the task as {ref}), seeds {meta['seeds']}, {meta['device']} "
          f"({meta['threads']} thread(s)). Mean ± half the range over seeds; Δ: difference to {ref} with a 95% interval "
          '(paired bootstrap over the test images and the seeds).', '',
          '| configuration | test mIoU | Δ mIoU [95% CI] | breed accuracy | Δ accuracy [95% CI] | trimaps seen | batches with a trimap | '
@@ -329,7 +352,7 @@ def render(a):
     f = a.out/f'{a.name}.json'
     res = json.loads(f.read_text())
     configs = list(dict.fromkeys(r['config'] for r in res['runs']))
-    res['rows'] = aggregate(res['runs'], [c for c in CONFIGS if c in configs], n_boot=a.n_boot)
+    res['rows'] = aggregate(res['runs'], [c for c in ALL if c in configs], n_boot=a.n_boot)
     md = table(res['rows'], {**res['meta'], 'reference': res['meta']['reference'] or '(none)'})
     f.write_text(json.dumps(res, indent=1)); (a.out/f'{a.name}.md').write_text(md + '\n')
     print(md)
@@ -350,20 +373,21 @@ def main(argv=None):
             build_cache(a, df.copy(), cache)
         # the budget, from the training set as the mixed sampler sees it
         n_train, n_masks = int((~df.is_valid).sum()), int((~df.is_valid & df.has_mask).sum())
+        n_breeds = int((~df.is_valid & df.has_breed).sum())
         budget = a.epochs * (n_train // a.bs)
-        print(f'{n_train} training images ({n_masks} with a trimap), {int(df.is_valid.sum())} test images, '
+        print(f'{n_train} training images ({n_masks} with a trimap, {n_breeds} with a breed), {int(df.is_valid.sum())} test images, '
               f'{a.size} px, budget {budget} batches of {a.bs}; {len(a.configs)} configurations x {len(a.seeds)} seed(s)', flush=True)
         runs = []
         for i, seed in enumerate(a.seeds):
-            rest = [c for c in a.configs if c not in (REFERENCE, 'seg-only=exposure')]
+            rest = [c for c in a.configs if c != REFERENCE and c not in EXPOSED]
             k = (i * len(rest)) // max(len(a.seeds), 1)
             order = ([REFERENCE] if REFERENCE in a.configs else []) + rest[k:] + rest[:k]   # rotated, but the reference first
-            if 'seg-only=exposure' in a.configs: order.append('seg-only=exposure')
+            order += [c for c in a.configs if c in EXPOSED]
             for c in order:
                 b = budget
-                if c == 'seg-only=exposure':   # as many labelled trimaps as the reference saw with this seed
+                if c in EXPOSED:   # as many labelled items of its task as the reference saw with this seed
                     ref = next(r for r in runs if r['config'] == REFERENCE and r['seed'] == seed)
-                    b = max(1, round(ref['exposure']['trimap_items'] / a.bs))
+                    b = max(1, round(ref['exposure'][f'{EXPOSED[c]}_items'] / a.bs))
                 r = run_in_process(ctx, a, c, seed, b, cache)
                 runs.append(r)
                 fm = lambda v: '  —  ' if v is None else f'{v:.3f}'
@@ -373,15 +397,17 @@ def main(argv=None):
     rows = aggregate(runs, a.configs, n_boot=a.n_boot)
     arch = runs[0]['arch']
     meta = dict(data=a.data.name, arch=arch, size=a.size, bs=a.bs, epochs=a.epochs, lr=a.lr, mask_pct=a.mask_pct,
-                mask_seed=a.mask_seed, seeds=a.seeds, n_train=n_train, n_masks=n_masks, n_test=runs[0]['n_test'],
-                budget_batches=budget, reference=REFERENCE if REFERENCE in a.configs else None, quick=a.quick,
+                breed_pct=a.breed_pct, mask_seed=a.mask_seed, seeds=a.seeds, n_train=n_train, n_masks=n_masks,
+                n_breeds=n_breeds, n_test=runs[0]['n_test'],
+                budget_batches=budget, pseudo_kw=a.pseudo_kw, reference=REFERENCE if REFERENCE in a.configs else None, quick=a.quick,
                 cache=not a.no_cache, threads=a.threads, cpus=os.cpu_count(),
                 device=('cuda: ' + torch.cuda.get_device_name()) if torch.cuda.is_available() else 'cpu',
                 python=platform.python_version(), torch=torch.__version__, load_avg_1min_at_end=os.getloadavg()[0],
                 total_s=round(time.time() - t0),
                 training='fit_one_cycle on the unfrozen model, body lr/10 (slice(lr/10, lr)), no validation until the end',
                 budget_rule='same number of training batches of bs images for every configuration (nearest whole epoch), '
-                            'but seg-only=exposure: as many labelled trimaps as mixed+equal saw with the same seed')
+                            'but seg-only=exposure (breed-only=exposure): as many labelled trimaps (breeds) as mixed+equal '
+                            'saw with the same seed')
     md = table(rows, {**meta, 'reference': meta['reference'] or '(none)'})
     print('\n' + md)
     a.out.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ from .learner import *
 from .weighting import *
 from .alternation import *
 from .crossstitch import *
+from .pseudo import *
 from .compare import *
 from .interpret import *
 from .demo import *

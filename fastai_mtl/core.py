@@ -154,6 +154,13 @@ class Task:
     def hflip(self, act:Tensor):
         "Activated predictions of horizontally mirrored images, mapped back to the original images' geometry; `None` when this kind cannot say (`tta` then keeps the plain prediction)"
         return None
+
+    # --- pseudo-targets (`PseudoLabel`) ---------------------------------------------------------------------------
+    pseudo_threshold = None    # the confidence a pseudo-target needs by default; None: this kind makes none
+    pseudo_needs_flip = False  # whether `pseudo_target` needs the teacher's prediction of the mirrored images (`act_flip`)
+    def pseudo_target(self, act:Tensor, act_flip:Tensor=None) -> tuple:
+        "`(target, confidence)` from a teacher's activated predictions `act` of a batch (and `act_flip`, those of the mirrored images mapped back by `hflip`): a batch of targets as `loss` takes them, and a confidence in [0, 1] shaped like `labelled_items(target)`"
+        raise NotImplementedError(f'{type(self).__name__} makes no pseudo-targets: define `pseudo_target` and `pseudo_threshold`')
     def to_source(self, act:Tensor, frame):
         "Activated prediction of one sample -> the result in the source image's coordinates (`frame`: `SourceFrame`)"
         raise NotImplementedError(f'{type(self).__name__} must define `to_source`')

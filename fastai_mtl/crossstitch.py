@@ -234,18 +234,21 @@ def create_cross_stitch_model(arch, tasks, n_in:int=3, pretrained:bool=True, cut
     return model
 
 # %% ../nbs/14_crossstitch.ipynb #bd1b260f
-def plot_cross_stitch(model:CrossStitchModel, figsize=None, cmap='Blues', **kwargs):
-    "Heatmaps of each stage's α: rows the tasks, columns the branches they read (α per channel: their mean)"
+def plot_cross_stitch(model:CrossStitchModel, figsize=None, cmap='Blues', ncols:int=3, **kwargs):
+    "Heatmaps of each stage's α: rows the tasks, columns the branches they read (α per channel: their mean); `ncols` stages per row of the figure (readable at a page's width)"
     alphas = model.cross_stitch_alphas()
     nr, nc = next(iter(alphas.values())).shape[:2]
-    fig, axs = plt.subplots(1, len(alphas), figsize=ifnone(figsize, (1.2 + 1.1 * nc * len(alphas), 0.8 + 0.9 * nr)), squeeze=False)
-    for ax, (nm, a), (c, h, w) in zip(axs[0], alphas.items(), model.stage_shapes):
+    ncols = min(ncols, len(alphas)); nrows = math.ceil(len(alphas) / ncols)
+    fig, axs = plt.subplots(nrows, ncols, squeeze=False,
+                            figsize=ifnone(figsize, (0.4 + (1.0 + 0.9 * nc) * ncols, (1.0 + 0.85 * nr) * nrows)))
+    for ax in axs.flatten()[len(alphas):]: ax.set_axis_off()
+    for ax, (nm, a), (c, h, w) in zip(axs.flatten(), alphas.items(), model.stage_shapes):
         if a.dim() == 3: a = a.mean(-1)
         ax.imshow(a.numpy(), cmap=cmap, vmin=min(0., a.min().item()), vmax=max(1., a.max().item()), **kwargs)
         for (i, j), v in np.ndenumerate(a.numpy()):
-            ax.text(j, i, f'{v:.2f}', ha='center', va='center', fontsize=8, color='white' if v > .6 else 'black')
+            ax.text(j, i, f'{v:.2f}', ha='center', va='center', fontsize=9, color='white' if v > .6 else 'black')
         ax.set_xticks(range(nc)); ax.set_xticklabels(model.branch_names[:nc], rotation=45, ha='right', fontsize=8)
-        ax.set_yticks(range(nr)); ax.set_yticklabels(model.names if ax is axs[0, 0] else [''] * nr, fontsize=8)
+        ax.set_yticks(range(nr)); ax.set_yticklabels(model.names if ax in axs[:, 0] else [''] * nr, fontsize=8)
         ax.set_title(f'{nm}: 1/{round(model.img_size[0] / h)}, {c} ch', fontsize=9)
     fig.tight_layout()
     return fig

@@ -92,6 +92,12 @@ class MirrorInputs(Callback):
 class MTLTrainingError(RuntimeError):
     "Training cannot go on (a loss or gradient that is not finite, no batch to train on); the message says what to do"
 
+def _total_norm(ts:list) -> Tensor:
+    "The 2-norm of all of `ts` together: non-finite when any element is"
+    f = getattr(torch.nn.utils, 'get_total_norm', None)   # torch >= 2.6: fused per device and dtype (as `clip_grad_norm_`)
+    if f is not None: return f(ts, error_if_nonfinite=False)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in ts]))
+
 class TrainingGuard(Callback):
     "Stop at the first non-finite loss (naming the tasks) or gradient, before the weights change; refuse an empty training set"
     order = -30
@@ -119,8 +125,7 @@ class TrainingGuard(Callback):
         if scaler is not None and scaler.is_enabled(): return   # fp16: the GradScaler skips steps with inf gradients itself
         grads = [p.grad for p in self.learn.model.parameters() if p.grad is not None]
         if not grads: return
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
-        if torch.isfinite(norm): return
+        if torch.isfinite(_total_norm(grads)): return
         bad = [n for n,p in self.learn.model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
         raise MTLTrainingError(f'the gradients of {len(bad)} parameter(s) ({", ".join(bad[:3])}...) are not finite {self._where()}: '
                                'training stopped before the optimiser step. A loss of your own may divide by zero or take '
@@ -192,10 +197,20 @@ class MTLLearner(Learner):
         return ctx if inner else ContextManagers([self.keeping_records(), ctx])
 
     def save(self, file, **kwargs):
-        "fastai's `save` (so `SaveModelCallback`'s too), atomic: a kill during the save leaves the previous file whole"
+        "fastai's `save` (so `SaveModelCallback`'s too), atomic: a kill during the save leaves the previous file whole. Callbacks with state outside the model (`PseudoLabel`'s teacher) save it beside the file (`save_extra`)"
         final = join_path_file(file, self.path/self.model_dir, ext='.pth')
         with atomic_path(final) as tmp: super().save(tmp.with_suffix(''), **kwargs)
+        for cb in self.cbs:
+            if hasattr(cb, 'save_extra'): cb.save_extra(final)
         return final
+
+    def load(self, file, **kwargs):
+        "fastai's `load`; callbacks with state outside the model load it from beside the file (`load_extra`)"
+        res = super().load(file, **kwargs)
+        final = join_path_file(file, self.path/self.model_dir, ext='.pth')
+        for cb in self.cbs:
+            if hasattr(cb, 'load_extra'): cb.load_extra(final)
+        return res
 
     def export(self, fname='export.pkl', **kwargs):
         "fastai's `export`, atomic. Loading it back (`load_learner`) unpickles code: only load files you trust (or use `save_weights`)"

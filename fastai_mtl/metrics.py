@@ -12,10 +12,14 @@ from .core import *
 from .losses import plain_tensor, flat_boxes, has_box, box_iou_pairs
 
 # %% auto #0
-__all__ = ['TaskMetric', 'TaskAccuracy', 'confusion_matrix', 'item_confusion', 'TaskConfusion', 'TaskMeanIoU', 'TaskDice',
-           'TaskBoxIoU', 'TaskAccuracyMulti', 'TaskFBetaMulti', 'TaskMAE', 'TaskR2', 'TaskLoss']
+__all__ = ['gathered', 'TaskMetric', 'TaskAccuracy', 'confusion_matrix', 'item_confusion', 'TaskConfusion', 'TaskMeanIoU',
+           'TaskDice', 'TaskBoxIoU', 'TaskAccuracyMulti', 'TaskFBetaMulti', 'TaskMAE', 'TaskR2', 'TaskLoss']
 
 # %% ../nbs/05_metrics.ipynb #08cf0299
+def gathered(learn, x:Tensor) -> Tensor:
+    "`x` (one row per item of the batch) of every process under DDP, detached on the CPU: fastai's `Learner.to_detach`, which drops the padding items"
+    return learn.to_detach(x) if hasattr(learn, 'to_detach') else x.detach().cpu()
+
 class TaskMetric(Metric):
     "Base of the per-task metrics: `value_of` the sum of every item's `item_stats` over the labelled items of task `i` in the whole validation set"
     suffix = 'metric'
@@ -46,7 +50,9 @@ class TaskMetric(Metric):
         "Add the summed statistics `(k,)` of some items"
         stats = stats.detach().double().cpu()
         self.stats = stats if self.stats is None else self.stats + stats
-    def accumulate(self, learn): self.add(self.item_stats(*self.task_batch(learn)).sum(0))
+    def accumulate(self, learn):
+        "Add the batch's item statistics; under DDP those of every process (fastai's `to_detach` gathers them and drops the padding items)"
+        self.add(gathered(learn, self.item_stats(*self.task_batch(learn))).sum(0))
     @property
     def value(self):
         "`value_of` the statistics of the labelled items seen since `reset`, `None` when there was none"
@@ -217,6 +223,7 @@ class TaskLoss(TaskMetric):
             raise AttributeError(f'{self.name} needs a loss function recording `last_losses` and `last_counts` '
                                  f'(`MaskedMultiLoss`), not {type(lf).__name__}')
         n = int(lf.last_counts[self.i])
-        self.add(torch.tensor([float(lf.last_losses[self.i])*n, n]))
+        # under DDP, every process's (loss sum, count) of this batch (a batch with padding items counts them)
+        self.add(gathered(learn, torch.tensor([[float(lf.last_losses[self.i])*n, n]])).sum(0))
     def item_stats(self, pred, targ):
         raise NotImplementedError(f'{self.name}: a loss is recorded per batch, not per item (see `MTLInterpretation` for per-item losses)')

@@ -112,6 +112,11 @@ class SegmentationTask(_ColTask):
     def activation(self, pred): return F.softmax(pred, dim=1)
     def decodes(self, pred): return TensorMTLMask(pred.argmax(dim=1))
     def hflip(self, act): return act.flip(-1)
+    pseudo_threshold = 0.9
+    def pseudo_target(self, act, act_flip=None):
+        "Each pixel's most probable code, and its probability (of the mean with `act_flip` when given)"
+        conf, code = (act if act_flip is None else (act + act_flip)/2).max(1)
+        return TensorMTLMask(code), conf
     def to_source(self, act, frame:SourceFrame):
         "Mask `(h, w)` at the source image's size from probabilities `act` `(n_codes, H, W)`; unseen pixels `IGNORE_INDEX`"
         grid = frame.source_grid(act.device)
@@ -200,6 +205,11 @@ class ClassificationTask(_ColTask):
     def activation(self, pred): return F.softmax(pred, dim=-1)
     def decodes(self, pred): return TensorCategory(pred.argmax(dim=-1))
     def hflip(self, act): return act   # a mirrored image has the same class
+    pseudo_threshold = 0.95
+    def pseudo_target(self, act, act_flip=None):
+        "The most probable class of each sample, and its probability (of the mean with `act_flip` when given)"
+        conf, cls = (act if act_flip is None else (act + act_flip)/2).max(-1)
+        return TensorCategory(cls), conf
     def to_source(self, act, frame=None):
         "`(label, probs)` from the probabilities `act` of one sample"
         return self.vocab[int(act.argmax())], act
@@ -259,6 +269,12 @@ class BoxTask(_ColTask):
         "The box of the mirrored image, mirrored back: `(x1, y1, x2, y2)` -> `(-x2, y1, -x1, y2)`"
         b = act.view(-1, 4)
         return torch.stack([-b[:, 2], b[:, 1], -b[:, 0], b[:, 3]], -1).view_as(act)
+    pseudo_threshold, pseudo_needs_flip = 0.85, True
+    def pseudo_target(self, act, act_flip=None):
+        "The mean of the boxes predicted for the image and for its mirror; confidence: their IoU (a box alone carries no probability)"
+        if act_flip is None: raise ValueError(f'{self!r}: a pseudo-box needs the prediction of the mirrored image (`act_flip`)')
+        a, b = act.view(-1, 4).float(), act_flip.view(-1, 4).float()
+        return TensorBBox(((a + b)/2).view(-1, 1, 4)), box_iou_pairs(a, b).view(-1, 1)
     def to_source(self, act, frame:SourceFrame):
         "The box `(x1, y1, x2, y2)` in the source image's pixel coordinates"
         return frame.to_source(act.float().view(2, 2)).view(4)
@@ -306,6 +322,11 @@ class MultiLabelTask(_ColTask):
     def activation(self, pred): return torch.sigmoid(pred)
     def decodes(self, pred): return TensorMultiLabel((pred > self.thresh).float())
     def hflip(self, act): return act
+    pseudo_threshold = 0.9
+    def pseudo_target(self, act, act_flip=None):
+        "Each class present when its probability exceeds `thresh`; confidence: that of the least certain class (`max(p, 1-p)`)"
+        p = act if act_flip is None else (act + act_flip)/2
+        return TensorMultiLabel((p > self.thresh).float()), torch.maximum(p, 1 - p).min(-1).values
     def to_source(self, act, frame=None):
         "`(labels, probs)`: the labels whose probability exceeds `thresh`, and every class's probability"
         return [self.vocab[i] for i in torch.nonzero(act > self.thresh).flatten().tolist()], act
@@ -354,6 +375,16 @@ class RegressionTask(_ColTask):
         t = targ.reshape(-1, targ.shape[-1])[self.labelled_items(targ).reshape(-1)].float()
         return t.mean(0) if len(t) else torch.zeros(targ.shape[-1])
     def hflip(self, act): return act if self.flip_invariant else None
+    pseudo_threshold = 0.8
+    @property
+    def pseudo_needs_flip(self): return self.flip_invariant
+    def pseudo_target(self, act, act_flip=None):
+        "The mean of the values predicted for the image and its mirror; confidence `exp(-|difference| / std)` of the least consistent value (only for `flip_invariant` values: a single prediction carries no confidence)"
+        if not self.flip_invariant or act_flip is None:
+            raise NotImplementedError(f'{self!r}: pseudo-values need `flip_invariant=True` (their confidence is the agreement between '
+                                      'the image and its mirror)')
+        sd = (self.std if self.std is not None else torch.ones(act.shape[-1])).to(act.device)
+        return (act + act_flip)/2, torch.exp(-(act - act_flip).abs()/sd).min(-1).values
     def to_source(self, act, frame=None):
         "The predicted value, or `{column: value}` for several"
         v = act.float().reshape(-1).tolist()

@@ -14,6 +14,17 @@ def test_parse():
     assert (q.size, q.epochs, q.seeds, q.configs) == (32, 1, [3], S.QUICK_CONFIGS)
     with pytest.raises(SystemExit): S.parse(['--configs', 'mixed+nope'])
     with pytest.raises(SystemExit): S.parse(['--configs', 'seg-only=exposure'])   # needs the reference's exposure
+    with pytest.raises(SystemExit): S.parse(['--configs', 'breed-only=exposure'])
+    p = S.parse(['--configs', 'mixed+equal', 'mixed+equal+pseudo', 'breed-only=exposure', '--breed-pct', '0.3'])
+    assert p.breed_pct == .3 and 'mixed+equal+pseudo' not in S.CONFIGS and S.EXPOSED['breed-only=exposure'] == 'breed'
+
+def test_pseudo_settings():
+    import pseudo as P
+    a, rest = P.parse(['--threads', '1'])
+    assert a.settings == ['trimaps15', 'breeds30'] and a.seeds == [0, 1, 2] and rest == ['--threads', '1']
+    for st in P.SETTINGS.values():
+        S.parse(['--configs', *st['configs']])                                   # valid configurations
+        assert st['configs'][0] == S.REFERENCE and 'mixed+equal+pseudo' in st['configs']
 
 def fake_run(cfg, seed, right, wall, mem, trimaps=100):
     "`right`: which of 10 test images the breed is right for; trimap confusion matrices from it too"
@@ -42,3 +53,11 @@ def test_aggregate_table():
     md = S.table(rows, meta)
     assert '| mixed+equal (ref) | 0.' in md and '| mixed+upgrad |' in md and '+0.300 [' in md
     assert md.count('\n| ') == 5  # header, rule, three rows
+
+def test_compare_pets_parse():
+    "bench/compare_pets.py reuses this script's data preparation: its arguments carry what `experiment_df` reads"
+    import compare_pets as C
+    a = C.parse([])
+    assert (a.size, a.epochs, a.seeds, a.mask_pct, a.breed_pct) == (64, 4, 3, 0.15, 1.0) and a.n_train is None
+    q = C.parse(['--quick'])
+    assert (q.size, q.bs, q.epochs, q.seeds, q.n_train, q.n_test) == (32, 4, 1, 2, 48, 24)

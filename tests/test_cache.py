@@ -103,7 +103,7 @@ def test_items_of_different_sizes_named(tmp_path):
 def test_other_ranks_wait_for_rank_0(data, monkeypatch):
     path, df, store = data
     built = MTLDataLoaders.from_df(df, path, cache=store, **KW)
-    monkeypatch.setenv('WORLD_SIZE', '2'); monkeypatch.setenv('RANK', '1')
+    monkeypatch.setenv('WORLD_SIZE', '2'); monkeypatch.setenv('RANK', '1'); monkeypatch.setenv('LOCAL_RANK', '1')
     # rank 1 finds what rank 0 built ...
     assert MTLDataLoaders.from_df(df, path, cache=store, **KW).train.cache.folder == built.train.cache.folder
     # ... and never builds one itself: it waits, then says what it waited for

@@ -101,7 +101,7 @@ def test_pages_content(site):
     assert not re.search(r'<(script|link)[^>]+(src|href)="https?://', html), 'the page loads something from the web'
 
 # --- what a reader trips over: duplicated anchors, machine paths, stray reprs, the navigation ----------------------
-_MACHINE = re.compile(r'(/work/|/home/\w|/root/|/tmp/|/private/var/|site-packages|\.venv/|[A-Z]:\\\\Users)')
+_MACHINE = re.compile(r'(/work/|/home/\w|/root/|/tmp/|/private/var/|site-packages|/[\w.-]+/\.venv/|[A-Z]:\\\\Users)')
 _REPRS = re.compile(r'(&lt;(Axes|Figure|matplotlib)[^&]*&gt;|np\.float64\(|np\.int64\(|tensor\(\[[^\]]*\], grad_fn)')
 
 class _Ids(HTMLParser):
@@ -147,3 +147,38 @@ def test_sidebar_lists_every_notebook_once():
 def test_grouped_navigation(site):
     html = (site/'index.html').read_text(encoding='utf-8')
     for sec in ('Tutorials', 'Training', 'Data', 'Models', 'Strategies', 'Experiments'): assert f'>{sec}<' in html or f'{sec}\n' in html, sec
+
+def _documented_symbols() -> list:
+    "`(page, anchor, name)` for what a user calls: every name in a module's `__all__`, every method patched onto a class from another module, every public method of the classes users hold (`MTLLearner`, `MTLInterpretation`)"
+    import importlib, inspect
+    from fastai_mtl._modidx import d
+    held = {'MTLLearner', 'MTLInterpretation'}
+    res = []
+    for mod, syms in d['syms'].items():
+        m = importlib.import_module(mod)
+        public = set(getattr(m, '__all__', []))
+        for sym, (url, _) in syms.items():
+            parts = sym[len(mod) + 1:].split('.')
+            page, _, anchor = url.partition('#')
+            if len(parts) == 1 and parts[0] in public:
+                if type(getattr(m, parts[0])).__module__.startswith('plum'): continue   # a `@dispatch` function: show_doc renders nothing for it, prose documents it
+                res.append((page, anchor, sym))
+            elif len(parts) == 2 and not parts[0].startswith('_') and not parts[1].startswith('_') \
+                    and not re.match(r'(before|after)_', parts[1]):          # fastai's events of a patched callback: not API
+                cls, meth = parts
+                patched = cls not in public                                  # defined with @patch in this module
+                if patched or (cls in held and meth in vars(getattr(m, cls, object)) and inspect.getdoc(getattr(getattr(m, cls), meth))):
+                    res.append((page, anchor, sym))
+    return res
+
+def test_every_public_name_and_patched_method_has_its_doc(site):
+    "`show_doc` for every public function, class, patched method and user-facing method: nbdev's anchor on its page"
+    syms = _documented_symbols()
+    assert len(syms) > 150 and any(s.endswith('MTLLearner.predict') for _, _, s in syms)
+    ids = {}
+    missing = []
+    for page, anchor, sym in syms:
+        f = site/page
+        if f not in ids: ids[f] = _Page(f.read_text(encoding='utf-8')).ids if f.exists() else set()
+        if anchor not in ids[f]: missing.append(f'{sym} (#{anchor} on {page})')
+    assert not missing, f'{len(missing)} without show_doc:\n' + '\n'.join(missing)

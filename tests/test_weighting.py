@@ -321,7 +321,7 @@ def test_plot_task_losses(dls):
     learn.get_preds()
     assert len(learn.task_loss_recorder.rows) == 2                          # `validate`, `get_preds` keep the rows
     axs = learn.plot_task_losses()
-    assert len(axs) == 4 and [a.get_title() for a in axs] == ['mask loss', 'colour loss', 'box loss', 'weights']
+    assert len(axs) == 4 and [a.get_title() for a in axs] == ['mask', 'colour', 'box', 'weights'] and axs[0].get_ylabel().startswith('loss')
     train, vline = axs[1].get_lines()
     assert list(train.get_xdata()) == [0, 1] and list(vline.get_ydata()) == valid
     assert list(train.get_ydata()) == learn.task_loss_recorder.df.colour_train.tolist()
