@@ -86,7 +86,7 @@ class PseudoLabel(Callback):
             bad = [n for n in L(self.tasks) if n not in names]
             if bad: raise ValueError(f'PseudoLabel: no task named {bad} (tasks: {names})')
             return [names.index(n) for n in L(self.tasks)]
-        return [i for i,t in enumerate(ts) if t.pseudo_threshold is not None and not (t.pseudo_needs_flip and t.hflip(torch.zeros(1, 4)) is None)]
+        return [i for i,t in enumerate(ts) if t.pseudo_threshold is not None]
 
     def threshold(self, t) -> float:
         return (self.thresholds or {}).get(t.name, t.pseudo_threshold)

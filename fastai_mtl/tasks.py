@@ -375,7 +375,8 @@ class RegressionTask(_ColTask):
         t = targ.reshape(-1, targ.shape[-1])[self.labelled_items(targ).reshape(-1)].float()
         return t.mean(0) if len(t) else torch.zeros(targ.shape[-1])
     def hflip(self, act): return act if self.flip_invariant else None
-    pseudo_threshold = 0.8
+    @property
+    def pseudo_threshold(self): return 0.8 if self.flip_invariant else None   # a value's confidence needs its mirror
     @property
     def pseudo_needs_flip(self): return self.flip_invariant
     def pseudo_target(self, act, act_flip=None):

@@ -9,20 +9,14 @@ import json, sys, warnings
 from pathlib import Path
 import torch, torch.distributed as dist
 from torch import nn
-from fastai.vision.all import Callback, ConvLayer, LongTensor, ProgressCallback, set_seed
-from fastai.distributed import DistributedDL
+from fastai.vision.all import Callback, ConvLayer, ProgressCallback, set_seed
 from fastai_mtl.synth import synth_shapes, SHAPE_CODES
 from fastai_mtl.tasks import SegmentationTask, ClassificationTask, BoxTask
 from fastai_mtl.data import MTLDataLoaders
 from fastai_mtl.learner import mtl_learner
+import dist_gloo  # noqa: F401  (fastai's DistributedDL over gloo on CPU)
 from fastai_mtl.weighting import DWA, TaskLossRecorder, TaskLossSums
 
-def _broadcast_cpu(self, t, rank):
-    "fastai's `DistributedDL._broadcast` moves the indices to CUDA (for NCCL); gloo on CPU broadcasts CPU tensors"
-    t = LongTensor(t)
-    dist.broadcast(t, rank)
-    return t.tolist()
-DistributedDL._broadcast = _broadcast_cpu
 
 class LocalSums(Callback):
     "This rank's own per-task sums and counts for each epoch, without reduction"

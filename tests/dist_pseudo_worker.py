@@ -14,7 +14,7 @@ from fastai_mtl.data import MTLDataLoaders
 from fastai_mtl.learner import mtl_learner
 from fastai_mtl.demo import demo_body
 from fastai_mtl.pseudo import PseudoLabel
-import dist_metrics_worker  # noqa: F401  (fastai's DistributedDL broadcasts CPU tensors with gloo)
+import dist_gloo  # noqa: F401  (fastai's DistributedDL over gloo on CPU)
 
 def main(out):
     torch.set_num_threads(1)

@@ -6,17 +6,20 @@ from fastai_mtl.weighting import dwa_weights
 
 import accelerate  # noqa: F401  (fastai's distrib_ctx needs it; a dev dependency)
 
+def run_ranks(worker:str, tmp_path, n:int) -> tuple:
+    "Run `tests/<worker>` in two processes (torch.distributed.run, gloo) on `n` synthetic shapes made beforehand; each rank's JSON"
+    from fastai_mtl.synth import synth_shapes
+    synth_shapes(n, size=32, seed=0, missing={'mask': 0.5, 'colour': 0.2, 'box': 0.3})   # made once, before both ranks read it
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONWARNINGS': 'ignore'}
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', str(ROOT/'tests'/worker), str(tmp_path)]
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
+    return tuple(json.loads((tmp_path/f'rank{r}.json').read_text()) for r in (0, 1))
+
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(), reason='needs gloo')
 def test_dwa_reduced_over_ranks(tmp_path):
-    from fastai_mtl.synth import synth_shapes
-    synth_shapes(96, size=32, seed=0, missing={'mask': 0.5, 'colour': 0.2, 'box': 0.3})  # made once, before both ranks read it
-    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONWARNINGS': 'ignore'}
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-           str(ROOT/'tests'/'dist_dwa_worker.py'), str(tmp_path)]
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
-    r0, r1 = [json.loads((tmp_path/f'rank{r}.json').read_text()) for r in (0, 1)]
+    r0, r1 = run_ranks('dist_dwa_worker.py', tmp_path, 96)
     assert r0['world_size'] == 2 and {r0['rank'], r1['rank']} == {0, 1}
     W = np.array(r0['weights'])
     assert W.shape == (4, 3) and np.array_equal(W, np.array(r1['weights']))      # identical weights on every rank
@@ -41,14 +44,7 @@ def test_dwa_reduced_over_ranks(tmp_path):
 @pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(), reason='needs gloo')
 def test_metrics_under_ddp_equal_one_process(tmp_path):
     "Per-task validation metrics under `distrib_ctx` (each rank validating half of the set) equal one process's on the whole set"
-    from fastai_mtl.synth import synth_shapes
-    synth_shapes(100, size=32, seed=0, missing={'mask': 0.5, 'colour': 0.2, 'box': 0.3})
-    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONWARNINGS': 'ignore'}
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-           str(ROOT/'tests'/'dist_metrics_worker.py'), str(tmp_path)]
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
-    r0, r1 = [json.loads((tmp_path/f'rank{r}.json').read_text()) for r in (0, 1)]
+    r0, r1 = run_ranks('dist_metrics_worker.py', tmp_path, 100)
     assert r0['world_size'] == 2 and r0['n_valid'] == 20
     # [0]: fastai's summed valid_loss, a mean of per-batch means: it depends on how the batches are split, in one
     # process too. Every per-task loss and metric counts items, and must be exact.
@@ -62,14 +58,7 @@ def test_metrics_under_ddp_equal_one_process(tmp_path):
 @pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(), reason='needs gloo')
 def test_pseudo_labels_under_ddp(tmp_path):
     "PseudoLabel's second forward pass under DDP: training runs, each rank makes its own pseudo-targets, models and teachers stay identical"
-    from fastai_mtl.synth import synth_shapes
-    synth_shapes(100, size=32, seed=0, missing={'mask': 0.5, 'colour': 0.2, 'box': 0.3})
-    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONWARNINGS': 'ignore'}
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-           str(ROOT/'tests'/'dist_pseudo_worker.py'), str(tmp_path)]
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
-    r0, r1 = [json.loads((tmp_path/f'rank{r}.json').read_text()) for r in (0, 1)]
+    r0, r1 = run_ranks('dist_pseudo_worker.py', tmp_path, 100)
     h0, h1 = r0['history'][0], r1['history'][0]
     assert h0['mask_pseudo'] > 0 and h1['mask_pseudo'] > 0 and h0['mask_missing'] != h1['mask_missing']  # own shards
     np.testing.assert_allclose(r0['model'], r1['model'], rtol=0, atol=1e-6)

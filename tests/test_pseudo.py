@@ -76,6 +76,7 @@ def test_multilabel_and_regression_targets():
     p = _cb([t]).pseudo_targets([t], [act], [None], [y])[0]
     assert p[0].tolist() == [1., 0.] and p[1].isnan().all() and p[2].isnan().all()
     r = RegressionTask(['v'], name='v', flip_invariant=True)
+    assert r.pseudo_threshold == 0.8 and RegressionTask(['v'], name='v').pseudo_threshold is None   # no mirror, no confidence: not pseudo-labelled
     r.mean, r.std = tensor([0.]), tensor([1.])
     conf = r.pseudo_target(tensor([[1.], [1.]]), tensor([[1.], [3.]]))[1]
     assert torch.allclose(conf.flatten(), torch.exp(-tensor([0., 2.])), atol=1e-6)
