@@ -10,9 +10,7 @@ import contextlib, math
 from fastai.vision.all import *
 from copy import deepcopy
 from .core import *
-from fastai.callback.fp16 import MixedPrecision
 from .learner import MTLLearner, atomic_path
-from .weighting import JacobianDescent
 
 # %% auto #0
 __all__ = ['strong_tfms', 'running_stats_kept', 'PseudoLabel']
@@ -127,13 +125,13 @@ class PseudoLabel(Callback):
         return (norm(xs) if norm is not None else xs), ts
 
     def _autocast(self):
-        mp = first(cb for cb in self.learn.cbs if isinstance(cb, MixedPrecision))
+        mp = first(cb for cb in self.learn.cbs if type(cb).__name__.endswith('MixedPrecision'))
         if mp is None or getattr(mp, 'autocast', None) is None: return contextlib.nullcontext()
         return torch.autocast(mp.autocast.device, dtype=mp.autocast.fast_dtype)
 
     # --- fastai events -------------------------------------------------------------------------------------------
     def before_fit(self):
-        if any(isinstance(cb, JacobianDescent) for cb in self.learn.cbs):
+        if any(type(cb).__name__ == 'JacobianDescent' for cb in self.learn.cbs):
             raise ValueError('PseudoLabel cannot be combined with a gradient weighting (JacobianDescent): it adds a loss '
                              'term to the combined loss, which a gradient weighting never builds; use a loss weighting')
         self._active = self.active
