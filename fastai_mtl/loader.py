@@ -151,11 +151,13 @@ class BalancedSampler(MTLSampler):
         q = [min(math.ceil(s * bs), int(lab[i].sum())) if 0 < lab[i].sum() < s * n else 0
              for i,s in enumerate(self.shares(dl))]
         cap = int(self.max_reserved * bs)
-        if sum(q) > cap:  # scale every quota down in proportion, keeping at least one slot per rare task
-            q = [max(1, math.floor(o * cap / sum(q))) if o else 0 for o in q]
-            if sum(q) > cap:
-                raise ValueError(f'{sum(1 for o in q if o)} rare tasks need at least one slot each, but only {cap} of a '
+        if sum(q) > cap:  # one slot per rare task, the rest of `cap` shared in proportion to what each asked beyond it
+            n_rare = sum(1 for o in q if o)
+            if n_rare > cap:
+                raise ValueError(f'{n_rare} rare tasks need at least one slot each, but only {cap} of a '
                                  f'batch of {bs} may be reserved: raise `bs` or `max_reserved`')
+            extra, asked = cap - n_rare, sum(q) - n_rare
+            q = [1 + math.floor((o - 1) * extra / asked) if o else 0 for o in q]
         return q
 
     def n_batches(self, dl):

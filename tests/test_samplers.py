@@ -67,3 +67,13 @@ def test_balanced_against_random_on_the_seed_question():
     masks = lab[0, idxs].sum(1)
     assert masks.min() >= 16 and abs(masks.mean() - (16 + 48*3000/33000)) < 1
     assert len(np.unique(idxs)) == 33000
+
+def test_balanced_quotas_scaled_within_the_cap():
+    "Three rare tasks asking 5, 1 and 1 slots with 3 reservable: one slot each, not a refusal (hypothesis found this case)"
+    n = 200
+    lab = np.zeros((4, n), bool); lab[3] = True
+    lab[0, :40] = True; lab[1, :2] = True; lab[2, 2:4] = True            # 20%, 1%, 1% of the samples: all rare at share 0.25
+    q = BalancedSampler(0.25, 0.25).quotas(fake_dl(lab, 12, 0))           # asked: ceil(0.25*12)=3 (capped by pools: 3, 2, 2)
+    assert q[:3] == [1, 1, 1] and q[3] == 0 and sum(q) <= 3
+    q = BalancedSampler(0.25, 0.5).quotas(fake_dl(lab, 20, 0))            # asked 5, 2, 2 with 10 reservable: all fit
+    assert q == [5, 2, 2, 0]
