@@ -86,3 +86,23 @@ def test_private_fastai_imports_are_the_known_ones():
     assert found == {'fastai.vision.learner._add_norm', 'fastai.vision.learner._update_first_layer'}, found
     dev = (ROOT/'DEVELOPING.md').read_text()
     assert all(f in dev for f in found)
+
+def test_extras_spelled_as_their_packages_declare_them():
+    """Every extra that pyproject.toml asks of a dependency is one the installed package declares, spelled exactly so:
+    the pip that `python3 -m venv` brings matches extras by their exact name and installs without an unknown one
+    (uv normalises `_` and `-`, so a CI run with uv alone hid this)"""
+    from importlib.metadata import distribution, PackageNotFoundError
+    from packaging.requirements import Requirement
+    try: import tomllib
+    except ImportError: tomllib = pytest.importorskip('tomli')  # Python 3.10
+    proj = tomllib.loads((ROOT/'pyproject.toml').read_text())['project']
+    reqs = [Requirement(r) for r in proj['dependencies'] + [r for v in proj['optional-dependencies'].values() for r in v]]
+    checked, bad = 0, []
+    for r in reqs:
+        if not r.extras: continue
+        try: declared = set(distribution(r.name).metadata.get_all('Provides-Extra') or [])
+        except PackageNotFoundError: pytest.fail(f'{r.name} (asked with extras {sorted(r.extras)}) is not installed')
+        bad += [f'{r.name}[{e}] (it declares {sorted(declared)})' for e in sorted(r.extras) if e not in declared]
+        checked += 1
+    assert checked, 'no dependency with extras found: the test reads pyproject.toml wrong'
+    assert not bad, f'extras that pip would skip: {bad}'
