@@ -173,7 +173,7 @@ def per_image_cb(tasks):
             if self.training: return
             for i, t in enumerate(tasks):
                 p, y = plain_tensor(self.learn.pred[i]).detach().float().cpu(), plain_tensor(self.learn.yb[i]).cpu()
-                if isinstance(t, SegmentationTask): v = [confusion_matrix(pi.argmax(0), yi, t.n_out).tolist() for pi, yi in zip(p, y)]
+                if isinstance(t, SegmentationTask): v = [confusion_matrix(pi.argmax(0), yi, t.n_out, t.item_mask(yi)).tolist() for pi, yi in zip(p, y)]
                 elif isinstance(t, BoxTask):
                     iou, lab = box_iou_pairs(flat_boxes(p), flat_boxes(y).float()), has_box(y).view(-1)
                     v = [float(u) if l else None for u, l in zip(iou.view(-1), lab)]
@@ -235,7 +235,7 @@ def worker(a):
     import warnings, torch, matplotlib
     matplotlib.use('Agg')
     warnings.filterwarnings('ignore', category=FutureWarning)
-    from fastai_mtl.crossstitch import transfer_learner
+    from fastai_mtl.transfer import transfer_learner
     rss0 = rss_mb()
     if torch.cuda.is_available(): torch.cuda.reset_peak_memory_stats()
     key, _, seed = a.worker.partition('@')
@@ -258,7 +258,7 @@ def worker(a):
                           for s in info['metrics']}
         res['per_image'] = {s: {**info['per_image'][s], **{k: v for n in ('species', 'head') for k, v in parts[n]['per_image'][s].items()}}
                             for s in info['per_image']}
-        heads = sum(p.numel() for l in aux for p in l.model[1].parameters())
+        heads = sum(p.numel() for l in aux for p in l.model.heads.parameters())
         res.update(n_params=info['n_params'] + heads, n_trained=sum(p['n_trained'] for p in parts.values()),
                    train_wall_s=sum(p['train_wall_s'] for p in parts.values()),
                    train_cpu_s=sum(p['train_cpu_s'] for p in parts.values()), history=info['history'])
@@ -272,7 +272,7 @@ def worker(a):
         if hasattr(learn.model, 'cross_stitch_alphas'):
             res.update(alphas_of(learn.model))
             learn.plot_cross_stitch().savefig(a.out/'paper_cross_stitch.png', dpi=110, bbox_inches='tight')
-        if hasattr(learn.loss_func, 'weights'): res['final_task_weights'] = [float(w) for w in learn.loss_func.weights]
+        res["final_task_weights"] = [float(w) for w in learn.weighting.weights]
         if key == 'hard':   # chance level: each task's best constant prediction, fitted on the split itself
             res['constant'] = {s: {METRIC_KEYS[k]: v for k, v in learn.baseline(learn.dls.test_dl(rows, with_labels=True)).items()
                                    if k in METRIC_KEYS}

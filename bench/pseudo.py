@@ -5,16 +5,16 @@
 - `breeds30`: breed labels kept on 30% of the training images, trimaps on all.
 
 In each: the scarce task alone at equal exposure (`seg-only=exposure` / `breed-only=exposure`: as many labelled items
-of it as the multi-task run saw), plain multi-task (`mixed+equal`, the reference) and multi-task with `PseudoLabel()`
-at its defaults (`mixed+equal+pseudo`): the same batches of labelled items, plus pseudo-targets for the items that
-miss one. Several seeds; differences to `mixed+equal` with paired bootstrap intervals over the test images and the
+of it as the multi-task run saw), plain multi-task (`balanced+equal`, the reference) and multi-task with `PseudoLabel()`
+at its defaults (`balanced+equal+pseudo`): the same batches of labelled items, plus pseudo-targets for the items that
+miss one. Several seeds; differences to `balanced+equal` with paired bootstrap intervals over the test images and the
 seeds (`fastai_mtl.compare.paired_bootstrap`); cost: wall time and peak memory as ratios of the medians over seeds.
 
 Writes `pseudo_trimaps15.{json,md}`, `pseudo_breeds30.{json,md}` (each run's table) and `pseudo.md` (both, with the
 pseudo-targets made per epoch).
 
 `--variants` asks why: it reruns a setting with `PseudoLabel`'s settings changed one at a time (its weight, when it
-starts, the thresholds, the teacher's decay, the strong view), each against `mixed+equal` on the same seeds, and
+starts, the thresholds, the teacher's decay, the strong view), each against `balanced+equal` on the same seeds, and
 writes `pseudo_variants_<setting>.md`.
 
     python bench/pseudo.py [--epochs 6] [--seeds 0 1 2] [--settings trimaps15 breeds30] [--quick --out quick_results]
@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import strategies as S  # noqa: E402
 from common import RESULTS  # noqa: E402
 
-SETTINGS = {'trimaps15': dict(mask_pct=0.15, breed_pct=1.0, configs=['mixed+equal', 'mixed+equal+pseudo', 'seg-only=exposure']),
-            'breeds30': dict(mask_pct=1.0, breed_pct=0.3, configs=['mixed+equal', 'mixed+equal+pseudo', 'breed-only=exposure'])}
+SETTINGS = {'trimaps15': dict(mask_pct=0.15, breed_pct=1.0, configs=['balanced+equal', 'balanced+equal+pseudo', 'seg-only=exposure']),
+            'breeds30': dict(mask_pct=1.0, breed_pct=0.3, configs=['balanced+equal', 'balanced+equal+pseudo', 'breed-only=exposure'])}
 
 VARIANTS = {'default': {}, 'weight0.3': dict(weight=0.3), 'start0.5': dict(start=0.5),
             'thresholds0.98': dict(thresholds={'trimap': 0.98, 'breed': 0.98}), 'decay0.999': dict(decay=0.999),
@@ -54,27 +54,27 @@ def summary(name:str, res:dict) -> str:
     tot = {k: sum(sum(e[k] for e in r['pseudo']) for r in runs)/len(runs) for k in keys}
     tasks = [k[:-len('_pseudo')] for k in keys if k.endswith('_pseudo')]
     line = '; '.join(f"{t}: {tot[t + '_pseudo']:.0f} of {tot[t + '_missing']:.0f} missing targets made pseudo-targets" for t in tasks)
-    return md + f'\nPseudo-targets (`mixed+equal+pseudo`, summed over the run, mean over seeds): {line}.\n'
+    return md + f'\nPseudo-targets (`balanced+equal+pseudo`, summed over the run, mean over seeds): {line}.\n'
 
 def variants(a, rest):
-    "Each setting with each variant of PseudoLabel's settings, against mixed+equal on the same seeds: one table per setting"
+    "Each setting with each variant of PseudoLabel's settings, against balanced+equal on the same seeds: one table per setting"
     for name in a.settings:
         st, lines = SETTINGS[name], []
         for v in a.variants:
             kw = VARIANTS[v]
-            args = ['--mask-pct', str(st['mask_pct']), '--breed-pct', str(st['breed_pct']), '--configs', 'mixed+equal', 'mixed+equal+pseudo',
+            args = ['--mask-pct', str(st['mask_pct']), '--breed-pct', str(st['breed_pct']), '--configs', 'balanced+equal', 'balanced+equal+pseudo',
                     '--epochs', str(a.epochs), '--size', str(a.size), '--seeds', *map(str, a.seeds), '--out', str(a.out),
                     '--name', f'pseudo_{name}_{v}', '--pseudo-kw', json.dumps(kw), *rest] + (['--quick'] if a.quick else [])
             print(f'== {name}, {v}: {kw}', flush=True)
             S.main(args)
             res = json.loads((a.out/f'pseudo_{name}_{v}.json').read_text())
-            row = next(r for r in res['rows'] if r['config'] == 'mixed+equal+pseudo')
+            row = next(r for r in res['rows'] if r['config'] == 'balanced+equal+pseudo')
             runs = [r for r in res['runs'] if r.get('pseudo')]
             made = {t: sum(sum(e[f'{t}_pseudo'] for e in r['pseudo']) for r in runs)/len(runs) for t in ('trimap', 'breed')}
             d = lambda k: '' if f'{k}_diff' not in row else '{diff:+.3f} [{low:+.3f}, {high:+.3f}]'.format(**row[f'{k}_diff'])
             lines.append(f"| {v} | `{json.dumps(kw)}` | {d('trimap_miou')} | {d('breed_acc')} | {made['trimap']:.0f} | {made['breed']:.0f} | "
                          f"{row['wall_s_ratio']:.2f} |")
-        md = (f'PseudoLabel variants, setting {name} ({a.epochs} epochs, {a.size} px, seeds {a.seeds}): each against mixed+equal on '
+        md = (f'PseudoLabel variants, setting {name} ({a.epochs} epochs, {a.size} px, seeds {a.seeds}): each against balanced+equal on '
               'the same seeds; Δ with 95% paired-bootstrap intervals; pseudo-targets made over the run (mean over seeds).\n\n'
               '| variant | PseudoLabel(...) | Δ mIoU | Δ breed acc | pseudo trimaps | pseudo breeds | wall / ref |\n'
               '| --- | --- | ---: | ---: | ---: | ---: | ---: |\n' + '\n'.join(lines) + '\n')

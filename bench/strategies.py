@@ -1,36 +1,37 @@
 #!/usr/bin/env python
-"""Which training strategy, with masks for only ~15% of the images? Task alternation x loss weighting (by loss and by
-gradient), against single-task baselines at equal compute and at equal exposure, on the Oxford-IIIT Pet subset.
+"""Which training strategy, with masks for only ~15% of the images? How batches are drawn x loss weighting (by loss and
+by gradient), against single-task baselines at equal compute and at equal exposure, on the Oxford-IIIT Pet subset.
 
 Every training image keeps its breed, but only a seeded `--mask-pct` share of them keeps its trimap (mimicking 3,000
 masks against 33,000 labels). Two tasks: `SegmentationTask('trimap')` and `ClassificationTask('breed')`; the test
 mIoU and breed accuracy are measured on the official test split (every image there has both).
 
 Configurations (same body: `backbone()` of bench/common.py, EfficientNet-Lite0 ImageNet weights, light decoder):
-- `mixed+<weighting>`: the default batches (`BalancedSampler`: a quarter of every batch reserved for the rare trimaps)
-  with the loss weightings `equal` (the reference), `dwa`, `uncertainty`, and the gradient weightings `upgrad`,
+- `balanced+<weighting>`: the default batches (sampler `'balanced'`: a quarter of every batch reserved for the rare
+  trimaps) with the weightings `equal` (the reference), `dwa`, `uncertainty`, and the gradient weightings `upgrad`,
   `mgda`, `pcgrad`, `cagrad` (TorchJD: what each costs against equal weighting, and what it gives);
-- `random+equal`: purely random mixed batches (`MixedSampler`, the default before BalancedSampler): the trimaps'
-  natural share of each batch;
-- `epoch+equal`, `batch+equal`, `sum+equal`: the task alternations;
+- `random+equal`: purely random batches (sampler `'random'`, fastai's shuffling): the trimaps' natural share of each
+  batch;
+- `epoch+equal` (one task per epoch), `task+equal` (task batches in turn), `rounds+equal` (the same, one optimiser
+  step per round: `TaskRounds`);
 - `seg-only`, `breed-only`: one task alone, trained on the images that carry it, **at equal compute** (as many
   batches as every other configuration);
-- `seg-only=exposure`: the trimap task alone **at equal exposure**: as many labelled trimaps as `mixed+equal` of the
+- `seg-only=exposure`: the trimap task alone **at equal exposure**: as many labelled trimaps as `balanced+equal` of the
   same seed saw (its batches: those trimaps / bs); `breed-only=exposure` likewise for the breeds (with `--breed-pct`);
-- `mixed+<weighting>+pseudo`: the same with `PseudoLabel` (fastai_mtl.pseudo) on every task, default settings
+- `balanced+<weighting>+pseudo`: the same with `PseudoLabel` (fastai_mtl.pseudo) on every task, default settings
   (bench/pseudo.py; not run by default).
 
 Equal compute: every configuration but `seg-only=exposure` makes the same number of training batches of `--bs`
 images (`--epochs` passes over the training images in random batches; a mode whose epochs have another length runs
-as many epochs as bring it closest). 'sum' steps once per pair of batches. Exposure (labelled items and batches with
+as many epochs as bring it closest). 'rounds' steps once per pair of batches. Exposure (labelled items and batches with
 any, per task, summed over the run) is recorded for every run (`TaskLossRecorder`). Training: `fit_one_cycle` on
 the unfrozen model, body at `--lr`/10, heads at `--lr`; no validation during training, one at the end, recording
-each test image's statistics: the differences to `mixed+equal` come with paired bootstrap intervals over the test
+each test image's statistics: the differences to `balanced+equal` come with paired bootstrap intervals over the test
 images and the seeds (`fastai_mtl.compare.paired_bootstrap`).
 
 Each run is a process of its own (peak RSS, and on CUDA `torch.cuda.max_memory_allocated`), forked from a
 `multiprocessing` fork server that has imported the libraries once; seeds run in turn, the configurations in a rotated
-order per seed (`mixed+equal` first: `seg-only=exposure` needs its exposure). Images are resized once into a
+order per seed (`balanced+equal` first: `seg-only=exposure` needs its exposure). Images are resized once into a
 temporary cache of lossless PNGs, with the resampling of fastai's `Resize` (the runs give the same results as from
 the originals), so that decoding full-size JPEGs does not dominate the time on CPU (`--no-cache`: the originals).
 
@@ -46,19 +47,19 @@ from common import *  # noqa: E402,F401  (DEFAULT_DATA, RESULTS, backbone, check
 WEIGHTINGS = ('equal', 'dwa', 'uncertainty', 'upgrad', 'mgda', 'pcgrad', 'cagrad')
 BASELINES = ('seg-only', 'seg-only=exposure', 'breed-only', 'breed-only=exposure')
 EXPOSED = {'seg-only=exposure': 'trimap', 'breed-only=exposure': 'breed'}   # baseline at equal exposure: the task it matches
-CONFIGS = ([f'mixed+{w}' for w in WEIGHTINGS] + ['random+equal', 'epoch+equal', 'batch+equal', 'sum+equal']
+CONFIGS = ([f'balanced+{w}' for w in WEIGHTINGS] + ['random+equal', 'epoch+equal', 'task+equal', 'rounds+equal']
            + list(BASELINES[:3]))
-EXTRA = ['mixed+equal+pseudo', 'mixed+dwa+pseudo', 'breed-only=exposure']   # not run by default (bench/pseudo.py runs them)
+EXTRA = ['balanced+equal+pseudo', 'balanced+dwa+pseudo', 'breed-only=exposure']   # not run by default (bench/pseudo.py runs them)
 ALL = CONFIGS + EXTRA
-REFERENCE = 'mixed+equal'
-QUICK_CONFIGS = ['mixed+equal', 'mixed+upgrad', 'random+equal', 'seg-only=exposure']
+REFERENCE = 'balanced+equal'
+QUICK_CONFIGS = ['balanced+equal', 'balanced+upgrad', 'random+equal', 'seg-only=exposure']
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--data', type=Path, default=DEFAULT_DATA, help=DATA_HELP)
     p.add_argument('--size', type=int, default=64, help='image size (px); a GPU run would use 128-224')
     p.add_argument('--bs', type=int, default=16)
-    p.add_argument('--epochs', type=int, default=3, help='budget: passes over the training images in mixed batches')
+    p.add_argument('--epochs', type=int, default=3, help='budget: passes over the training images in random batches')
     p.add_argument('--lr', type=float, default=2e-3, help='one-cycle peak lr of the heads (body: lr/10)')
     p.add_argument('--mask-pct', type=float, default=0.15, help='share of training images keeping their trimap')
     p.add_argument('--breed-pct', type=float, default=1., help='share of training images keeping their breed label')
@@ -139,17 +140,22 @@ def make_dls(a, df, cfg, path, stats):
 
 # ---------------------------------------------------------------------------------------------------------------
 # Budget: batches per epoch of each configuration, epochs giving the budget
+def batches_of(cfg, dls) -> tuple:
+    "`(sampler, rounds)`: how `cfg` draws its training batches, and whether it steps once per round of task batches"
+    from fastai_mtl.samplers import BalancedSampler, ShuffleSampler, TaskBatchSampler, TaskEpochSampler
+    mode = cfg.split('+')[0]
+    if mode in ('task', 'rounds'):   # rounds making an epoch as long as a random one
+        per_task = max(1, round(ShuffleSampler().n_batches(dls.train) / len(dls.tasks)))
+        return TaskBatchSampler(epoch_len=per_task), mode == 'rounds'
+    return {'balanced': BalancedSampler, 'random': ShuffleSampler, 'epoch': TaskEpochSampler}[mode](), False
+
 def epoch_lengths(cfg, dls, n:int) -> list:
     "Training batches in each of the first `n` epochs of `cfg`"
     if cfg in BASELINES: return [len(dls.train)]*n
-    mode = cfg.split('+')[0]
-    alt = alternation(cfg, dls)
-    s, dl = alt.mode.sampler(), dls.train
-    if mode != 'epoch': return [s.n_batches(dl)]*n
+    s, _ = batches_of(cfg, dls)
     res = []
     for e in range(n):
-        s.task = alt.mode.task_of(e, dl)
-        res.append(s.n_batches(dl))
+        s.set_epoch(e); res.append(s.n_batches(dls.train))
     return res
 
 def epochs_for(cfg, dls, budget:int) -> int:
@@ -162,17 +168,6 @@ def epochs_for(cfg, dls, budget:int) -> int:
         if tot >= budget: break
     return max(best[1], 1)
 
-def alternation(cfg, dls):
-    "The `TaskAlternation` of `cfg`: 'batch' and 'sum' with rounds making an epoch as long as a mixed one"
-    from fastai_mtl.alternation import TaskAlternation
-    from fastai_mtl.loader import MixedSampler
-    mode = cfg.split('+')[0]
-    if mode in ('batch', 'sum'):
-        per_task = max(1, round(MixedSampler().n_batches(dls.train) / len(dls.tasks)))
-        return TaskAlternation(mode, epoch=per_task)
-    if mode == 'random': return TaskAlternation('mixed', min_share=None)   # purely random mixed batches
-    return TaskAlternation(mode)
-
 # ---------------------------------------------------------------------------------------------------------------
 # Worker: one configuration, one seed, in a process of its own
 def run_config(a, cfg:str, seed:int, budget:int, cache:Path=None) -> dict:
@@ -180,17 +175,18 @@ def run_config(a, cfg:str, seed:int, budget:int, cache:Path=None) -> dict:
     set_threads(a.threads)
     import torch
     from fastai.vision.all import set_seed, Callback, CancelValidException
-    from fastai_mtl.all import mtl_learner
-    from fastai_mtl.weighting import TaskLossRecorder, DWA, task_weights
-    from fastai_mtl.alternation import EpochAlternation
+    from fastai_mtl.all import mtl_learner, TaskLossRecorder, TaskRounds, TaskEpochSampler, TaskBatchSampler, UseSampler
     path, df = a.data, experiment_df(a)
     if cache is not None: df['fn'], path = df.fn.map(lambda f: str(Path(f).with_suffix('.png'))), cache
     if torch.cuda.is_available(): torch.cuda.reset_peak_memory_stats()
     arch, pretrained, stats, arch_name = backbone()
     set_seed(seed)
     dls = make_dls(a, df, cfg, path, stats)
-    kw = {} if cfg in BASELINES else dict(alternation=alternation(cfg, dls), weighting=cfg.split('+')[1])
-    extra = []
+    extra, kw = [], {}
+    if cfg not in BASELINES:
+        smp, rounds = batches_of(cfg, dls)
+        kw = dict(weighting=cfg.split('+')[1], sampler=smp)
+        if rounds: extra.append(TaskRounds())
     if cfg.endswith('+pseudo'):
         from fastai_mtl.pseudo import PseudoLabel, strong_tfms
         pkw = dict(getattr(a, 'pseudo_kw', {}))
@@ -215,8 +211,7 @@ def run_config(a, cfg:str, seed:int, budget:int, cache:Path=None) -> dict:
     learn.unfreeze()
     n_epochs = epochs_for(cfg, dls, budget)
     if cfg in EXPOSED:   # `budget` is then the number of batches: fastai's epochs of those batches exactly
-        from fastai_mtl.loader import TaskBatchSampler
-        dls.train.sampler = TaskBatchSampler(epoch=budget)
+        dls.train.sampler = TaskBatchSampler(epoch_len=budget)
         n_epochs = 1
     rss0 = rss_mb()
     with learn.no_bar(), learn.no_logging(), Timer() as t:
@@ -228,9 +223,9 @@ def run_config(a, cfg:str, seed:int, budget:int, cache:Path=None) -> dict:
     mets = dict(zip(['valid_loss'] + [mt.name for mt in learn.metrics], [None if v is None else float(v) for v in vals]))
     item_stats = {k: v.tolist() for k, v in learn.item_stats().items() if k in ('trimap_miou', 'breed_acc')}
     rec = next(c for c in learn.cbs if isinstance(c, TaskLossRecorder))
-    dwa = next((c for c in learn.cbs if isinstance(c, DWA)), None)
-    alt = getattr(learn, 'task_alternation', None)
-    by_epoch = alt is not None and isinstance(alt.mode, EpochAlternation)
+    dwa = learn.weighting if type(learn.weighting).__name__ == 'DWA' else None
+    alt = getattr(learn, 'use_sampler', None)
+    by_epoch = alt is not None and isinstance(alt.sampler, TaskEpochSampler)
     res = dict(config=cfg, seed=seed, tasks=[t.name for t in dls.tasks],
                alternation=cfg.split('+')[0] if '+' in cfg else None, weighting=cfg.split('+')[1] if '+' in cfg else None,
                pseudo=extra[0].df.to_dict('records') if extra else None,
@@ -240,7 +235,7 @@ def run_config(a, cfg:str, seed:int, budget:int, cache:Path=None) -> dict:
                epoch_tasks=alt.history().groupby('epoch').task.first().tolist() if by_epoch else None,
                epoch_rows=rec.df.to_dict('records'), batch_losses=m.losses, batch_counts=m.counts,
                dwa_history=None if dwa is None else dwa.history.reset_index().to_dict('records'),
-               final_weights=task_weights(learn).tolist(), arch=arch_name, item_stats=item_stats,
+               final_weights=learn.weighting.weights.tolist(), arch=arch_name, item_stats=item_stats,
                exposure={f'{t.name}_{k}': int(rec.df[f'{t.name}_{k}'].sum()) for t in dls.tasks for k in ('items', 'batches')})
     if torch.cuda.is_available(): res['cuda_peak_mb'] = torch.cuda.max_memory_allocated()/2**20
     return res
@@ -363,7 +358,7 @@ def main(argv=None):
     check_data(a.data)
     import multiprocessing as mp
     ctx = mp.get_context('forkserver')  # each run in a fresh process (its own peak memory), without re-importing torch
-    ctx.set_forkserver_preload(['fastai.vision.all', 'fastai_mtl.all', 'fastai_mtl.alternation', 'fastai_mtl.weighting'])
+    ctx.set_forkserver_preload(['fastai.vision.all', 'fastai_mtl.all'])
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         df = experiment_df(a)
@@ -371,7 +366,7 @@ def main(argv=None):
         if not a.no_cache:
             cache = Path(tmp)/'data'
             build_cache(a, df.copy(), cache)
-        # the budget, from the training set as the mixed sampler sees it
+        # the budget, from the training set as random batches see it
         n_train, n_masks = int((~df.is_valid).sum()), int((~df.is_valid & df.has_mask).sum())
         n_breeds = int((~df.is_valid & df.has_breed).sum())
         budget = a.epochs * (n_train // a.bs)
@@ -406,7 +401,7 @@ def main(argv=None):
                 total_s=round(time.time() - t0),
                 training='fit_one_cycle on the unfrozen model, body lr/10 (slice(lr/10, lr)), no validation until the end',
                 budget_rule='same number of training batches of bs images for every configuration (nearest whole epoch), '
-                            'but seg-only=exposure (breed-only=exposure): as many labelled trimaps (breeds) as mixed+equal '
+                            'but seg-only=exposure (breed-only=exposure): as many labelled trimaps (breeds) as balanced+equal '
                             'saw with the same seed')
     md = table(rows, {**meta, 'reference': meta['reference'] or '(none)'})
     print('\n' + md)

@@ -10,7 +10,7 @@ from fastai.vision.all import *
 from .core import *
 from .metrics import TaskLoss
 from .learner import *
-from .weighting import TaskLossRecorder
+from .recorder import TaskLossRecorder
 
 # %% auto #0
 __all__ = ['ItemStats', 'paired_bootstrap', 'KeepTasks', 'SameRandomness', 'compare_tasks', 'plot_task_comparison']
@@ -102,11 +102,6 @@ def _fit(learn, epochs, lr, pretrained):
         if pretrained: learn.fine_tune(epochs, lr)
         else: learn.fit_one_cycle(epochs, lr)
 
-def _task_of(dls, t):
-    names = [o.name for o in dls.tasks]
-    name = getattr(t, 'name', t)
-    if name not in names: raise ValueError(f'unknown task {name!r}: the DataLoaders have {names}')
-    return names.index(name)
 
 def compare_tasks(dls, # `MTLDataLoaders` carrying both tasks (others are ignored)
                   target:str, # task A, whose metrics are compared
@@ -122,7 +117,7 @@ def compare_tasks(dls, # `MTLDataLoaders` carrying both tasks (others are ignore
                  ) -> pd.DataFrame:
     "Train `target` alone, with `helper`, and with `helper`'s head but none of its labels, on the same batches, over `seeds`: each metric of `target` with paired bootstrap intervals"
     seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
-    a,b = _task_of(dls, target),_task_of(dls, helper)
+    a,b = dls.tasks.index(target),dls.tasks.index(helper)
     if a == b: raise ValueError('target and helper must be two different tasks')
     A,B = dls.tasks[a],dls.tasks[b]
     configs = {f'{A.name} alone': ([a], []), f'{A.name} + {B.name}': ([a, b], []),

@@ -28,12 +28,15 @@ check_install()
 
 # %% auto #0
 __all__ = ['IGNORE_INDEX', 'MISSING_LABEL', 'MISSING_COORD', 'check_install', 'is_missing', 'missing_mask', 'is_sentinel',
-           'MTLDataError', 'row_desc', 'Task', 'Registry']
+           'MTLDataError', 'row_desc', 'Task', 'Registry', 'Tasks']
 
 # %% ../nbs/00_core.ipynb #4fdccb49
-# fastai calls `torch.jit.script` at import time, which recent torch deprecates: not our users' concern
-warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
-from fastai.vision.all import *
+# fastai calls `torch.jit.script` at import time, which recent torch deprecates: silenced for this import only (no
+# process-wide filter: a notebook's other code sees its warnings as without fastai_mtl)
+with warnings.catch_warnings():
+    warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
+    from fastai.vision.all import *
+from copy import deepcopy
 
 # %% ../nbs/00_core.ipynb #9f6345bf
 IGNORE_INDEX = 255  # mask pixel to ignore; a missing mask is all IGNORE_INDEX (fits the uint8 masks fastai loads)
@@ -72,17 +75,34 @@ def row_desc(row, cols=None) -> str:
     return f'row {_r(row.name)} ({vals})'
 
 # %% ../nbs/00_core.ipynb #b94a5f81
+def _deprecated(old:str, new:str):
+    warnings.warn(f'`{old}` is deprecated and will be removed in the next release: use `{new}`', FutureWarning, stacklevel=3)
+
 class Task:
     "One target of a multi-task model: how to load, check, model, score, decode and show it"
     kind = 'task'      # short name of the kind of target: the task's name when none is given (and so its metrics' prefix)
-    sentinel = None    # value every element of a missing target holds in a batch (`labelled_items`, `missing_like`)
+    sentinel = None    # value every element of a missing target holds in a batch (`item_mask`, `missing_like`)
     item_dims = 0      # trailing dimensions of a batch of targets that make up one item (a box: its 4 coordinates)
     default_weight = 1.
+    learned = ()       # attributes `setup` learns from the DataLoaders (a vocab, a mean box): `fresh` forgets them
     def __init__(self, name:str=None, weight:float=None):
         self.name = ifnone(name, self.kind)
         self.weight = ifnone(weight, self.default_weight)
 
     def __repr__(self): return f'{type(self).__name__}({self.name!r})'
+
+    def fresh(self) -> Task:
+        "A copy of this task that has learned nothing from DataLoaders yet (each `learned` attribute back to what was given, `_given`): what `MTLDataLoaders.from_df` builds with, so one task list can serve several DataLoaders"
+        t = deepcopy(self)
+        for k in self.learned: setattr(t, k, deepcopy(getattr(self, '_given', {}).get(k)))
+        return t
+
+    def spec(self) -> dict:
+        "What a checkpoint records of this task to check it against the model it is loaded into: name, kind, class, outputs, and its labels (`vocab` or `codes`) when it has them"
+        res = dict(name=self.name, kind=self.kind, cls=type(self).__name__, n_out=int(self.n_out))
+        labels = getattr(self, 'codes', None) or getattr(self, 'vocab', None)
+        if labels is not None: res['labels'] = [str(o) for o in labels]
+        return res
 
     # --- data --------------------------------------------------------------------------------------------------
     @property
@@ -96,9 +116,10 @@ class Task:
     def block(self) -> TransformBlock:
         "The fastai `TransformBlock` loading this target from what `getter` returns"
         raise NotImplementedError(f'{type(self).__name__} must define `block`')
-    def labelled(self, df:pd.DataFrame) -> pd.Series:
+    def rows_with_target(self, df:pd.DataFrame) -> pd.Series:
         "Boolean Series: which rows of `df` carry this target"
         return ~missing_mask(df[self.cols[0]])
+    def labelled(self, df): _deprecated('Task.labelled', 'Task.rows_with_target'); return self.rows_with_target(df)
     def check_df(self, df:pd.DataFrame, path=None):
         "Raise `MTLDataError` naming the rows of `df` this task cannot use"
         miss = [c for c in self.cols if c not in df.columns]
@@ -111,15 +132,16 @@ class Task:
         return self
 
     # --- batches -----------------------------------------------------------------------------------------------
-    def labelled_items(self, targ:Tensor) -> Tensor:
-        "Boolean: which items of the batch of targets `targ` are labelled (labels, pixels, boxes): not the `sentinel`. The one rule losses, metrics and `has_target` use"
-        if self.sentinel is None: raise NotImplementedError(f'{type(self).__name__} must define `sentinel` or `labelled_items`')
+    def item_mask(self, targ:Tensor) -> Tensor:
+        "Boolean: which items of the batch of targets `targ` are labelled (labels, pixels, boxes): not the `sentinel`. The one rule the task's loss, metrics, `has_target` and interpretation use"
+        if self.sentinel is None: raise NotImplementedError(f'{type(self).__name__} must define `sentinel` or `item_mask`')
         m = ~is_sentinel(targ, self.sentinel)
         for _ in range(self.item_dims): m = m.all(-1)
         return m
+    def labelled_items(self, targ): _deprecated('Task.labelled_items', 'Task.item_mask'); return self.item_mask(targ)
     def has_target(self, targ:Tensor) -> Tensor:
         "Boolean `(bs,)`: which samples of a batch carry this target (any labelled item)"
-        m = self.labelled_items(targ)
+        m = self.item_mask(targ)
         return m.flatten(1).any(1) if m.dim() > 1 else m
     def missing_like(self, targ:Tensor) -> Tensor:
         "Targets shaped like the batch `targ` with none labelled: every value the `sentinel`"
@@ -159,7 +181,7 @@ class Task:
     pseudo_threshold = None    # the confidence a pseudo-target needs by default; None: this kind makes none
     pseudo_needs_flip = False  # whether `pseudo_target` needs the teacher's prediction of the mirrored images (`act_flip`)
     def pseudo_target(self, act:Tensor, act_flip:Tensor=None) -> tuple:
-        "`(target, confidence)` from a teacher's activated predictions `act` of a batch (and `act_flip`, those of the mirrored images mapped back by `hflip`): a batch of targets as `loss` takes them, and a confidence in [0, 1] shaped like `labelled_items(target)`"
+        "`(target, confidence)` from a teacher's activated predictions `act` of a batch (and `act_flip`, those of the mirrored images mapped back by `hflip`): a batch of targets as `loss` takes them, and a confidence in [0, 1] shaped like `item_mask(target)`"
         raise NotImplementedError(f'{type(self).__name__} makes no pseudo-targets: define `pseudo_target` and `pseudo_threshold`')
     def to_source(self, act:Tensor, frame):
         "Activated prediction of one sample -> the result in the source image's coordinates (`frame`: `SourceFrame`)"
@@ -171,7 +193,7 @@ class Task:
 # %% ../nbs/00_core.ipynb #471b403e
 class Registry:
     "Strategies of one `kind` by name: `@registry.register('name')` next to each definition, `resolve` a name or an object"
-    def __init__(self, kind:str): self.kind,self.items = kind,{}
+    def __init__(self, kind:str): self.kind,self.items,self.aliases = kind,{},{}
     def register(self, name:str=None, obj=None):
         "Register `obj` as `name` (its `__name__` by default); as a decorator when `obj` is not given"
         def _reg(o):
@@ -180,7 +202,10 @@ class Registry:
             self.items[key] = o
             return o
         return _reg if obj is None else _reg(obj)
-    def __contains__(self, name): return name in self.items
+    def alias(self, old:str, new:str, note:str=''):
+        "Keep `old` working for one release as a deprecated name of `new` (a warning says what to use)"
+        self.aliases[old] = (new, note)
+    def __contains__(self, name): return name in self.items or name in self.aliases
     def __getitem__(self, name): return self.resolve(name)
     def __iter__(self): return iter(self.items)
     def __len__(self): return len(self.items)
@@ -189,6 +214,11 @@ class Registry:
     def resolve(self, spec):
         "The object registered as `spec` if it is a name, else `spec` itself"
         if not isinstance(spec, str): return spec
+        if spec in self.aliases and spec not in self.items:
+            new, note = self.aliases[spec]
+            warnings.warn(f"the {self.kind} {spec!r} is deprecated and will be removed in the next release: use {new!r}"
+                          + (f' ({note})' if note else ''), FutureWarning, stacklevel=3)
+            spec = new
         if spec not in self.items:
             raise ValueError(f'unknown {self.kind} {spec!r}: use one of {list(self.items)} or pass an object')
         return self.items[spec]
@@ -196,3 +226,22 @@ class Registry:
         "An instance from a name, a class (called with `args`, `kwargs`) or an instance (returned as it is)"
         o = self.resolve(spec)
         return o(*args, **kwargs) if isinstance(o, type) or isinstance(o, partial) else o
+
+
+# %% ../nbs/00_core.ipynb #60ffbea8
+class Tasks(L):
+    "The tasks of DataLoaders, a model or a loss, in the order of the targets and outputs: a list with `names`, and `index` by name, `Task` or position"
+    @property
+    def names(self) -> list: return [t.name for t in self]
+    def index(self, t) -> int:
+        "Position of task `t`: a name, a `Task` (by its name) or a position"
+        if isinstance(t, (int, np.integer)) and not isinstance(t, bool):
+            if not -len(self) <= t < len(self): raise IndexError(f'task {t} out of range: there are {len(self)} tasks {self.names}')
+            return int(t) % len(self)
+        name = t.name if isinstance(t, Task) else t
+        if name not in self.names: raise ValueError(f'unknown task {name!r}: the tasks are {self.names}')
+        return self.names.index(name)
+    def __getitem__(self, idx):
+        "A task by position, name or `Task`; a slice or a list of them gives `Tasks`"
+        if isinstance(idx, str) or isinstance(idx, Task): return super().__getitem__(self.index(idx))
+        return super().__getitem__(idx)

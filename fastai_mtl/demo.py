@@ -7,8 +7,9 @@ Docs: https://fastai-mtl.github.io/fastai_mtl/demo.html.md"""
 # %% ../nbs/15_demo.ipynb #ffd7b755
 from __future__ import annotations
 import argparse, os, sys, time, warnings
-warnings.filterwarnings('ignore', message='.*torch.jit.script.*', category=FutureWarning)  # raised by an import below
-from fastai.vision.all import *
+with warnings.catch_warnings():   # fastai's import calls `torch.jit.script`, which recent torch deprecates: not for this import only
+    warnings.filterwarnings('ignore', message='.*torch.jit.script.*', category=FutureWarning)
+    from fastai.vision.all import *
 from .core import *
 from .synth import *
 from .pets import *

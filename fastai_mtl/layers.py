@@ -12,9 +12,9 @@ from fastai.vision.models.unet import UnetBlock
 from .core import Registry
 
 # %% auto #0
-__all__ = ['decoders', 'FeatureHook', 'EncoderFeatures', 'UnetDecoder', 'SkipProjection', 'DynamicUnetDecoder', 'LightSegHead',
-           'ClassificationHead', 'params_to_box', 'box_to_params', 'SpatialHead', 'BoxHead', 'PooledBoxHead',
-           'ValueHead']
+__all__ = ['decoders', 'FeatureHook', 'FeatureSlot', 'SkipFeatures', 'EncoderFeatures', 'UnetDecoder', 'SkipProjection',
+           'DynamicUnetDecoder', 'LightSegHead', 'ClassificationHead', 'params_to_box', 'box_to_params', 'SpatialHead',
+           'BoxHead', 'PooledBoxHead', 'ValueHead']
 
 # %% ../nbs/06_layers.ipynb #34723abd
 def _hook_input(m, i, o): return i[0]
@@ -78,8 +78,44 @@ def _pick(rec, out_size, by_depth=True):
     return res
 
 # %% ../nbs/06_layers.ipynb #345a58f8
-class EncoderFeatures:
-    "Hooks on `body` keeping its input and the feature maps where the resolution changes (skip connections)"
+class FeatureSlot:
+    "Holds a feature map a model stores in it (what a `FeatureHook` holds, without a hook); pickled and copied empty"
+    def __init__(self): self.stored = None
+    def remove(self): pass
+    def __getstate__(self): return {**self.__dict__, 'stored': None}
+
+class SkipFeatures:
+    "The record decoders read: the encoder's input and its feature maps at each resolution larger than its output (skip connections), shallow to deep; `slots` hold them during a forward pass"
+    def __init__(self, n_in:int, nf:int, in_size, out_size, names:list, channels:list, sizes:list, slots:list, input_slot):
+        self.n_in,self.nf,self.in_size,self.out_size = n_in,nf,_size(in_size),_size(out_size)
+        self.names,self.channels,self.sizes = list(names),list(channels),[tuple(o) for o in sizes]
+        self.hooks,self.input_hook = list(slots),input_slot
+
+    @property
+    def reductions(self) -> list:
+        "How many times smaller than the input each feature map is"
+        return [round(self.in_size[0]/s[0]) for s in self.sizes]
+    @property
+    def stored(self) -> list:
+        "The feature maps of the last forward pass, shallow to deep"
+        return [h.stored for h in self.hooks]
+    @property
+    def input(self) -> Tensor:
+        "The encoder's input in the last forward pass"
+        return self.input_hook.stored
+    def clear(self):
+        "Forget the stored feature maps and input"
+        for h in self.hooks+[self.input_hook]: h.stored = None
+    def remove(self):
+        "Remove the hooks (if any) from the encoder"
+        for h in self.hooks+[self.input_hook]: h.remove()
+    def __len__(self): return len(self.hooks)
+    def __repr__(self):
+        skips = ', '.join(f'{n}:{c}ch/{r}' for n,c,r in zip(self.names, self.channels, self.reductions))
+        return f'{type(self).__name__}(n_in={self.n_in}, nf={self.nf}, skips=[{skips}])'
+
+class EncoderFeatures(SkipFeatures):
+    "`SkipFeatures` of a body, kept by hooks on it: its input and the feature maps where the resolution changes"
     def __init__(self, body:nn.Module, img_size=(64,64), names:list=None):
         img_size,fi = _size(img_size),_feature_info_names(body)
         if names is not None and (bad := [n for n in names if n not in dict(body.named_modules())]):
@@ -88,42 +124,15 @@ class EncoderFeatures:
         rec,in_shape,out_shape = _record(body, cands, img_size)
         if len(out_shape)!=4: raise ValueError(f'The body must return a feature map (bs, nf, h, w), got shape '
                                                f'{tuple(out_shape)}: cut the model before its pooling and classifier')
-        self.n_in,self.nf = in_shape[1],out_shape[1]
-        self.in_size,self.out_size = tuple(in_shape[-2:]),tuple(out_shape[-2:])
         rec = {n:r for n,r in rec.items() if r['calls']==1 and r['shape'] is not None and len(r['shape'])==4}
         if names is not None:
             if bad := [n for n in names if n not in rec]:
                 raise ValueError(f'names {bad}: not run exactly once with a 4d output in a forward pass of the body')
-        else: names = _pick(rec, self.out_size, by_depth=fi is None)
+        else: names = _pick(rec, tuple(out_shape[-2:]), by_depth=fi is None)
         mods = dict(body.named_modules())
-        self.names = list(names)
-        self.channels = [rec[n]['shape'][1] for n in self.names]
-        self.sizes = [tuple(rec[n]['shape'][-2:]) for n in self.names]
-        self.hooks = [FeatureHook(mods[n]) for n in self.names]
-        self.input_hook = FeatureHook(body, _hook_input)
-
-    @property
-    def reductions(self) -> list:
-        "How many times smaller than the input each hooked feature map is"
-        return [round(self.in_size[0]/s[0]) for s in self.sizes]
-    @property
-    def stored(self) -> list:
-        "The feature maps of the last forward pass, shallow to deep"
-        return [h.stored for h in self.hooks]
-    @property
-    def input(self) -> Tensor:
-        "The body's input in the last forward pass"
-        return self.input_hook.stored
-    def clear(self):
-        "Forget the stored feature maps and input"
-        for h in self.hooks+[self.input_hook]: h.stored = None
-    def remove(self):
-        "Remove the hooks from the body"
-        for h in self.hooks+[self.input_hook]: h.remove()
-    def __len__(self): return len(self.hooks)
-    def __repr__(self):
-        skips = ', '.join(f'{n}:{c}ch/{r}' for n,c,r in zip(self.names, self.channels, self.reductions))
-        return f'{type(self).__name__}(n_in={self.n_in}, nf={self.nf}, skips=[{skips}])'
+        super().__init__(in_shape[1], out_shape[1], tuple(in_shape[-2:]), tuple(out_shape[-2:]), names,
+                         [rec[n]['shape'][1] for n in names], [tuple(rec[n]['shape'][-2:]) for n in names],
+                         [FeatureHook(mods[n]) for n in names], FeatureHook(body, _hook_input))
 
 # %% ../nbs/06_layers.ipynb #e8d02027
 def _resize(x, size, mode='nearest'): return x if x.shape[-2:]==size else F.interpolate(x, size, mode=mode)

@@ -6,10 +6,12 @@ Docs: https://fastai-mtl.github.io/fastai_mtl/pseudo.html.md"""
 
 # %% ../nbs/19_pseudo.ipynb #e9eea27b
 from __future__ import annotations
-import contextlib, math
+import contextlib, math, zlib
 from fastai.vision.all import *
 from copy import deepcopy
 from .core import *
+from fastai.callback.fp16 import MixedPrecision
+from .model import CheckpointError
 from .learner import MTLLearner, atomic_path
 
 # %% auto #0
@@ -37,6 +39,17 @@ def running_stats_kept(model:nn.Module):
     finally:
         for m, mom, n in saved: m.momentum = mom; m.num_batches_tracked.copy_(n)
 
+def _check_setting(name, v, lo, hi, hi_open=False):
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and lo <= v and (v < hi if hi_open else v <= hi)
+    if not ok: raise ValueError(f'PseudoLabel: {name} must be a number in [{lo}, {hi}{")" if hi_open else "]"}, got {v!r}')
+
+def _fingerprint(model:nn.Module) -> int:
+    "A checksum of `model`'s state: pairs a teacher file with the model file it was saved with"
+    h = 0
+    for k,v in model.state_dict().items():
+        if isinstance(v, Tensor): h = zlib.crc32(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes(), zlib.crc32(k.encode(), h))
+    return h
+
 def _as_like(x:Tensor, like:Tensor) -> Tensor:
     "`x` with the type, dtype and device of the batch's targets `like`"
     return x.to(device=like.device, dtype=like.dtype).as_subclass(type(like))
@@ -52,9 +65,19 @@ class PseudoLabel(Callback):
                  decay:float=0.99, # the teacher's EMA decay per optimiser step (warmed up from 0: `min(decay, (1+n)/(10+n))`)
                  strong=None, # batch transforms making the student's view from the teacher's: `strong_tfms()` by default, [] for none
                  start:float=0.): # fraction of the training before which no pseudo-target is made
+        _check_setting('weight', weight, 0, math.inf); _check_setting('ramp', ramp, 0, 1)
+        _check_setting('decay', decay, 0, 1, hi_open=True); _check_setting('start', start, 0, 1, hi_open=True)
+        for k,v in (thresholds or {}).items(): _check_setting(f'thresholds[{k!r}]', v, 0, 1)
         store_attr()
         self.strong = Pipeline(strong_tfms() if strong is None else L(strong), split_idx=0)
         self.teacher, self.n_updates, self.history = None, 0, []
+
+    def after_create(self): self._check_names()
+    def _check_names(self):
+        "Every task named in `tasks` and `thresholds` is one of the learner's"
+        names = self.learn.tasks.names
+        bad = [n for n in list(L(self.tasks)) + list(self.thresholds or {}) if n not in names]
+        if bad: raise ValueError(f'PseudoLabel: no task named {sorted(set(bad))} (tasks: {names})')
 
     def __getstate__(self): return {**self.__dict__, 'teacher': None}   # `export` keeps the student only
 
@@ -81,11 +104,8 @@ class PseudoLabel(Callback):
     def active(self) -> list:
         "Indices of the tasks that get pseudo-targets"
         ts = self.learn.tasks
-        names = [t.name for t in ts]
-        if self.tasks is not None:
-            bad = [n for n in L(self.tasks) if n not in names]
-            if bad: raise ValueError(f'PseudoLabel: no task named {bad} (tasks: {names})')
-            return [names.index(n) for n in L(self.tasks)]
+        self._check_names()
+        if self.tasks is not None: return [ts.index(n) for n in L(self.tasks)]
         return [i for i,t in enumerate(ts) if t.pseudo_threshold is not None]
 
     def threshold(self, t) -> float:
@@ -125,15 +145,15 @@ class PseudoLabel(Callback):
         return (norm(xs) if norm is not None else xs), ts
 
     def _autocast(self):
-        mp = first(cb for cb in self.learn.cbs if type(cb).__name__.endswith('MixedPrecision'))
+        mp = first(cb for cb in self.learn.cbs if isinstance(cb, MixedPrecision))
         if mp is None or getattr(mp, 'autocast', None) is None: return contextlib.nullcontext()
         return torch.autocast(mp.autocast.device, dtype=mp.autocast.fast_dtype)
 
     # --- fastai events -------------------------------------------------------------------------------------------
     def before_fit(self):
-        if any(type(cb).__name__ == 'JacobianDescent' for cb in self.learn.cbs):
-            raise ValueError('PseudoLabel cannot be combined with a gradient weighting (JacobianDescent): it adds a loss '
-                             'term to the combined loss, which a gradient weighting never builds; use a loss weighting')
+        if getattr(getattr(self.learn.loss_func, 'weighting', None), 'gradient_level', False):
+            raise ValueError(f'PseudoLabel cannot be combined with a gradient weighting ({self.learn.loss_func.weighting!r}): it '
+                             'adds a loss term to the combined loss, which a gradient weighting never builds; use a loss weighting')
         self._active = self.active
         if not self._active: warn('PseudoLabel: no task makes pseudo-targets (give `tasks=`, or tasks with a `pseudo_threshold`)')
 
@@ -157,12 +177,12 @@ class PseudoLabel(Callback):
         xs, ps = self.strong_view(x[rows], [p[rows] for p in ps])
         # the strong view trains the model but does not move the batchnorm statistics that evaluation uses
         with self._autocast(), running_stats_kept(self.learn.model): preds = self.learn.model(xs)
-        lf = self.learn.loss_func
+        w_now = self.learn.loss_func.weighting.weights   # the weights in use
         losses, counts = [], []
         for i,(t,pred,y) in enumerate(zip(tasks, preds, ps)):
             if i in self._active and t.has_target(y).any():
                 l, n = t.loss(pred.float(), y)
-                losses.append(l.float() * lf.weights[i].to(l.device).detach()); counts.append(n)
+                losses.append(l.float() * w_now[i].to(l.device)); counts.append(n)
                 self._epoch[f'{t.name}_pseudo'] += int(t.has_target(y).sum())
         if not losses: return
         extra = w * torch.stack(losses).sum()
@@ -184,13 +204,30 @@ class PseudoLabel(Callback):
     # --- checkpoints: the teacher beside the model's file (`MTLLearner.save` / `load`) ---------------------------------
     def teacher_file(self, file:Path) -> Path: return Path(file).with_name(Path(file).stem + '.teacher.pth')
     def save_extra(self, file:Path):
-        "Save the teacher's weights beside `file` (atomically)"
+        "Save the teacher's weights beside `file` (atomically), with a fingerprint of the model they go with"
         if self.teacher is None or rank_distrib(): return
-        with atomic_path(self.teacher_file(file)) as tmp: torch.save(dict(state=self.teacher.state_dict(), n_updates=self.n_updates), tmp)
-    def load_extra(self, file:Path):
-        "Load the teacher saved beside `file`; without one, the teacher restarts from the loaded model"
+        with atomic_path(self.teacher_file(file)) as tmp:
+            torch.save(dict(state=self.teacher.state_dict(), n_updates=self.n_updates,
+                            student=_fingerprint(get_model(self.learn.model))), tmp)
+    def read_extra(self, file:Path):
+        "The teacher saved beside `file` (None when there is none), read before the model is loaded: a damaged file is reported, naming it, before anything changes"
         f = self.teacher_file(file)
+        if not f.exists(): return None
+        try: st = torch.load(f, map_location='cpu', weights_only=True)
+        except Exception as e:
+            raise CheckpointError(f"PseudoLabel's teacher file {f} cannot be read ({type(e).__name__}: {e}); nothing was loaded. "
+                                  'Delete it to restart the teacher from the loaded model') from None
+        if not isinstance(st, dict) or not {'state', 'n_updates'} <= set(st):
+            raise CheckpointError(f"{f} is not a teacher file of PseudoLabel (keys {sorted(st) if isinstance(st, dict) else type(st).__name__}); nothing was loaded")
+        return st
+    def load_extra(self, file:Path, st:dict=None):
+        "Take the teacher read by `read_extra` if it goes with the loaded model; else (none, or one saved with another model) the teacher restarts from the loaded model, with a warning"
         self.make_teacher()
-        if not f.exists(): warn(f'PseudoLabel: no teacher saved beside {Path(file).name}: the teacher restarts from the loaded model'); return
-        st = torch.load(f, map_location=next(self.teacher.parameters()).device, weights_only=True)
-        self.teacher.load_state_dict(st['state']); self.n_updates = st['n_updates']
+        name = Path(file).name
+        if st is None: warn(f'PseudoLabel: no teacher saved beside {name}: the teacher restarts from the loaded model'); return
+        if st.get('student') != _fingerprint(get_model(self.learn.model)):
+            warn(f'PseudoLabel: the teacher beside {name} was saved with another model (a save interrupted between the two files?): '
+                 'the teacher restarts from the loaded model'); return
+        try: self.teacher.load_state_dict(st['state'])
+        except Exception as e: raise CheckpointError(f'{self.teacher_file(file)}: the teacher does not fit the model ({e})') from None
+        self.n_updates = int(st['n_updates'])

@@ -15,7 +15,8 @@ from fastai_mtl.tasks import SegmentationTask, ClassificationTask, BoxTask
 from fastai_mtl.data import MTLDataLoaders
 from fastai_mtl.learner import mtl_learner
 import dist_gloo  # noqa: F401  (fastai's DistributedDL over gloo on CPU)
-from fastai_mtl.weighting import DWA, TaskLossRecorder, TaskLossSums
+from fastai_mtl.weighting import DWA, TaskLossSums
+from fastai_mtl.recorder import TaskLossRecorder
 
 
 class LocalSums(Callback):
@@ -40,9 +41,9 @@ def main(out):
     with warnings.catch_warnings(), learn.distrib_ctx(sync_bn=False, cpu=True):  # gloo on CPU; SyncBatchNorm needs a GPU
         warnings.simplefilter('ignore')
         learn.fit(4, 1e-2)
-    s = learn.dwa.state
-    res = dict(rank=rank, world_size=dist.get_world_size(), losses=s.losses.tolist(), counts=s.counts.tolist(),
-               weights=s.weights.tolist(), local=learn.local_sums.rows,
+    h = learn.weighting.history_
+    res = dict(rank=rank, world_size=dist.get_world_size(), losses=h['losses'].tolist(), counts=h['counts'].tolist(),
+               weights=h['weights'].tolist(), local=learn.local_sums.rows,
                recorder=learn.task_loss_recorder.df.filter(like='_train').values.tolist())
     Path(out, f'rank{rank}.json').write_text(json.dumps(res))
     dist.destroy_process_group()

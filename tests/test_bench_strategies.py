@@ -9,14 +9,14 @@ import strategies as S  # noqa: E402
 def test_parse():
     a = S.parse([])
     assert a.configs == S.CONFIGS and len(S.CONFIGS) == 14 and a.threads == 2 and a.seeds == [0, 1, 2]
-    assert {'mixed+upgrad', 'random+equal', 'seg-only=exposure'} <= set(S.CONFIGS)
+    assert {'balanced+upgrad', 'random+equal', 'seg-only=exposure'} <= set(S.CONFIGS)
     q = S.parse(['--quick', '--seeds', '3', '4'])
     assert (q.size, q.epochs, q.seeds, q.configs) == (32, 1, [3], S.QUICK_CONFIGS)
-    with pytest.raises(SystemExit): S.parse(['--configs', 'mixed+nope'])
+    with pytest.raises(SystemExit): S.parse(['--configs', 'balanced+nope'])
     with pytest.raises(SystemExit): S.parse(['--configs', 'seg-only=exposure'])   # needs the reference's exposure
     with pytest.raises(SystemExit): S.parse(['--configs', 'breed-only=exposure'])
-    p = S.parse(['--configs', 'mixed+equal', 'mixed+equal+pseudo', 'breed-only=exposure', '--breed-pct', '0.3'])
-    assert p.breed_pct == .3 and 'mixed+equal+pseudo' not in S.CONFIGS and S.EXPOSED['breed-only=exposure'] == 'breed'
+    p = S.parse(['--configs', 'balanced+equal', 'balanced+equal+pseudo', 'breed-only=exposure', '--breed-pct', '0.3'])
+    assert p.breed_pct == .3 and 'balanced+equal+pseudo' not in S.CONFIGS and S.EXPOSED['breed-only=exposure'] == 'breed'
 
 def test_pseudo_settings():
     import pseudo as P
@@ -24,7 +24,7 @@ def test_pseudo_settings():
     assert a.settings == ['trimaps15', 'breeds30'] and a.seeds == [0, 1, 2] and rest == ['--threads', '1']
     for st in P.SETTINGS.values():
         S.parse(['--configs', *st['configs']])                                   # valid configurations
-        assert st['configs'][0] == S.REFERENCE and 'mixed+equal+pseudo' in st['configs']
+        assert st['configs'][0] == S.REFERENCE and 'balanced+equal+pseudo' in st['configs']
 
 def fake_run(cfg, seed, right, wall, mem, trimaps=100):
     "`right`: which of 10 test images the breed is right for; trimap confusion matrices from it too"
@@ -37,21 +37,21 @@ def fake_run(cfg, seed, right, wall, mem, trimaps=100):
                 exposure=dict(trimap_items=trimaps, trimap_batches=30, breed_items=1400))
 
 def test_aggregate_table():
-    runs = [fake_run('mixed+equal', 0, 6, 10, 800), fake_run('mixed+equal', 1, 6, 12, 820),
-            fake_run('sum+equal', 0, 6, 11, 810), fake_run('sum+equal', 1, 6, 11, 810),
-            fake_run('mixed+upgrad', 0, 9, 22, 900, 90), fake_run('mixed+upgrad', 1, 9, 22, 900, 110)]
-    rows = S.aggregate(runs, ['mixed+equal', 'sum+equal', 'mixed+upgrad', 'seg-only'], n_boot=200)
-    assert [r['config'] for r in rows] == ['mixed+equal', 'sum+equal', 'mixed+upgrad']  # configurations without runs left out
+    runs = [fake_run('balanced+equal', 0, 6, 10, 800), fake_run('balanced+equal', 1, 6, 12, 820),
+            fake_run('rounds+equal', 0, 6, 11, 810), fake_run('rounds+equal', 1, 6, 11, 810),
+            fake_run('balanced+upgrad', 0, 9, 22, 900, 90), fake_run('balanced+upgrad', 1, 9, 22, 900, 110)]
+    rows = S.aggregate(runs, ['balanced+equal', 'rounds+equal', 'balanced+upgrad', 'seg-only'], n_boot=200)
+    assert [r['config'] for r in rows] == ['balanced+equal', 'rounds+equal', 'balanced+upgrad']  # configurations without runs left out
     ref, s, u = rows
     assert ref['breed_acc']['mean'] == pytest.approx(.6) and ref['wall_s_ratio'] == 1 and 'breed_acc_diff' not in ref
     assert s['breed_acc_diff']['diff'] == 0 and s['breed_acc_diff']['low'] == s['breed_acc_diff']['high'] == 0   # identical: paired
     assert u['breed_acc_diff']['diff'] == pytest.approx(.3) and u['breed_acc_diff']['low'] > 0
     assert u['trimap_miou_diff']['diff'] > 0 and u['wall_s_ratio'] == pytest.approx(2.)
     assert u['trimap_items']['mean'] == 100 and S.fmt(u['trimap_items'], 0, False) == '100'
-    meta = dict(reference='mixed+equal', device='cpu', arch='x', size=48, bs=16, n_train=302, n_masks=45, n_test=298,
+    meta = dict(reference='balanced+equal', device='cpu', arch='x', size=48, bs=16, n_train=302, n_masks=45, n_test=298,
                 budget_batches=90, seeds=[0, 1], threads=1, load_avg_1min_at_end=1., cpus=2, total_s=1)
     md = S.table(rows, meta)
-    assert '| mixed+equal (ref) | 0.' in md and '| mixed+upgrad |' in md and '+0.300 [' in md
+    assert '| balanced+equal (ref) | 0.' in md and '| balanced+upgrad |' in md and '+0.300 [' in md
     assert md.count('\n| ') == 5  # header, rule, three rows
 
 def test_compare_pets_parse():

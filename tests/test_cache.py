@@ -45,8 +45,8 @@ def test_sentinels_kept(data):
     items = cached.valid.items
     for k, t in enumerate(cached.tasks):
         held = np.stack([t.has_target(cached.valid.cache[i][k + 1][None]).numpy()[0] for i in range(len(items))])
-        np.testing.assert_array_equal(held, t.labelled(items).values)
-    assert (~cached.tasks[0].labelled(items)).any()   # the check above saw missing masks
+        np.testing.assert_array_equal(held, t.rows_with_target(items).values)
+    assert (~cached.tasks[0].rows_with_target(items)).any()   # the check above saw missing masks
 
 def test_reopen_and_invalidation(data):
     path, df, store = data

@@ -1,4 +1,4 @@
-"Cross-stitch units, the cross-stitch model (branches, stages, splitter, training, export) and feature transfer."
+"Cross-stitch units, the cross-stitch model (branches, stages, splitter, training, export) and feature transfer (fastai_mtl.transfer)."
 import importlib, tempfile, warnings
 from copy import deepcopy
 from pathlib import Path
@@ -13,6 +13,8 @@ from fastai_mtl.model import create_mtl_body, create_mtl_model, MultiTaskHead
 from fastai_mtl.learner import mtl_learner
 from fastai_mtl.synth import synth_shapes, SHAPE_CODES
 from fastai_mtl.crossstitch import *
+from fastai_mtl.transfer import *
+from fastai_mtl.model import MTLModel
 from conftest import conv_body
 
 def small_body(n_in=3): return conv_body(n_in)   # three conv stages, 1/2, 1/4, 1/8
@@ -151,7 +153,7 @@ def test_splitter_groups():
     ids = lambda ps: {id(p) for p in ps}
     assert ids(m.units.parameters()) | ids(m.heads.parameters()) == ids(g[-1])
     assert ids(g[0]) == ids(p for b in m.branches for p in b[:6].parameters())
-    assert m.arch_meta['split'] is cross_stitch_splitter
+    assert isinstance(m, MTLModel) and m.splits().map(len) == g.map(len)
     m2 = create_cross_stitch_model(small_body(), make_tasks(), img_size=32)
     assert len(cross_stitch_splitter(m2)) == 2
 
@@ -209,15 +211,14 @@ def test_with_weighting(synth, weighting, tmp_path):
                         img_size=32, weighting=weighting)
     learn.fit(2, 3e-3)
     assert _finite(learn)
-    host = learn.model.heads
-    assert hasattr(host, 'loss_weighting') and len(host.heads) == 3   # the state lives in the heads (last group)
+    w = learn.model.weighting   # the model's slot, its parameters in the last group
+    assert learn.weighting is w and {id(p) for p in w.parameters()} <= {id(p) for p in learn.model.splits()[-1]}
     learn.export(tmp_path/'w.pkl'); load_learner(tmp_path/'w.pkl')
 
-@pytest.mark.skipif(importlib.util.find_spec('fastai_mtl.alternation') is None, reason='fastai_mtl.alternation not there yet')
-@pytest.mark.parametrize('mode', ['batch', 'epoch'])
-def test_with_alternation(synth, mode):
+@pytest.mark.parametrize('sampler', ['task', 'epoch'])
+def test_with_other_samplers(synth, sampler):
     learn = mtl_learner(dls_of(synth, *make_tasks()), small_body(), architecture='cross_stitch', pretrained=False,
-                        img_size=32, alternation=mode)
+                        img_size=32, sampler=sampler)
     learn.fit(1, 3e-3)
     assert _finite(learn)
 
@@ -272,15 +273,19 @@ def test_transfer_target_from_trained_learner_and_errors(synth):
     base = mtl_learner(dls_of(synth, seg), small_body(), pretrained=False, img_size=32)
     aux = mtl_learner(dls_of(synth, ClassificationTask('colour')), small_body(), pretrained=False, img_size=32)
     m = create_transfer_model(base, [seg], aux=[aux], img_size=32)
-    assert all(torch.equal(p, q) for p,q in zip(m.branches[0].parameters(), base.model[0].parameters()))
-    assert m.branches[0] is not base.model[0]
+    assert all(torch.equal(p, q) for p,q in zip(m.branches[0].parameters(), base.model.body.parameters()))
+    assert m.branches[0] is not base.model.body
     with pytest.raises(ValueError, match='no aux'): create_transfer_model(small_body(), [seg], aux=[], img_size=32)
     with pytest.raises(ValueError, match='target task'):
         transfer_learner(dls_of(synth, seg, ClassificationTask('colour')), small_body(), aux=[aux], tasks=[seg],
                          pretrained=False, img_size=32)
     other = nn.Sequential(ConvLayer(3, 8, stride=2), ConvLayer(8, 16, stride=2))
     with pytest.raises(ValueError, match='same architecture'): create_transfer_model(small_body(), [seg], aux=[other], img_size=32)
-    with pytest.raises(TypeError, match='cross-stitch'): create_transfer_model(small_body(), [seg], aux=[m], img_size=32)
+    # a cross-stitch model gives each task's branch as an aux encoder; as the start of the target's branch it is ambiguous
+    cs = create_cross_stitch_model(small_body(), make_tasks()[:2], img_size=32)
+    t = create_transfer_model(small_body(), [seg], aux=[cs], img_size=32)
+    assert t.branch_names == ['mask', 'mask', 'colour'] and len(t.aux) == 2
+    with pytest.raises(TypeError, match='one encoder per task'): create_transfer_model(cs, [seg], aux=[aux], img_size=32)
 
 def test_transfer_warns_on_other_normalisation(synth):
     seg = SegmentationTask('mask', SHAPE_CODES)

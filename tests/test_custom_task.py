@@ -29,7 +29,6 @@ class LevelReader(Transform):
 
 class CumulativeBCE(MaskedLoss):
     "Ordinal loss: one binary cross-entropy per threshold `level > k`, on the labelled samples"
-    def labelled(self, targ): return targ >= 0
     def masked_loss(self, pred, targ, m, n):
         k = torch.arange(pred.shape[1], device=pred.device)
         t = (targ.clamp_min(0)[:, None] > k).float()
@@ -51,10 +50,10 @@ class OrdinalTask(Task):
     @property
     def block(self): return TransformBlock(type_tfms=LevelReader(), dl_type=MTLDataLoader)
     def create_head(self, nf, features=None, **kwargs): return SpatialHead(nf, self.n_out, features)
-    def loss(self, pred, targ): return CumulativeBCE()(pred, targ, self.labelled_items(targ))
-    def metrics(self, i): return [LevelMAE(i, task=self.name, labelled=self.labelled_items)]
+    def loss(self, pred, targ): return CumulativeBCE()(pred, targ, self.item_mask(targ))
+    def metrics(self, i): return [LevelMAE(i, self.item_mask, task=self.name)]
     def constant_pred(self, targ):
-        t = targ[self.labelled_items(targ)]
+        t = targ[self.item_mask(targ)]
         med = int(t.median()) if len(t) else 0
         return torch.tensor([10. if med > k else -10. for k in range(self.n_out)])
     def decodes(self, pred): return TensorBase((pred > 0).sum(-1))

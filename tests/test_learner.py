@@ -16,6 +16,7 @@ from fastai_mtl.tasks import SegmentationTask, ClassificationTask, BoxTask
 from fastai_mtl.data import MTLDataLoaders, mtl_datablock
 from fastai_mtl.model import MultiTaskHead, PretrainedWeightsError
 from fastai_mtl.learner import MaskedMultiLoss, mtl_metrics, mtl_learner, MTLLearner
+from fastai_mtl.weighting import StaticWeighting
 from fastai_mtl.synth import synth_shapes, SHAPE_CODES
 
 NAN = float('nan')
@@ -79,7 +80,8 @@ def _tasks_with_vocab():
     return [SegmentationTask('m', ['a', 'b', 'c']), ClassificationTask('c', vocab=list('wxyz')), BoxTask()]
 
 def test_masked_multi_loss_by_hand():
-    lf = MaskedMultiLoss(_tasks_with_vocab(), weights=[1., .5, 2.])
+    ts = _tasks_with_vocab()
+    lf = MaskedMultiLoss(ts, weighting=StaticWeighting([1., .5, 2.]).setup(ts))
     (seg, cls, box), (m, y, b) = _batch()
     loss = lf((seg, cls, box), m, y, b)
     hand = [_seg_ce(seg.detach(), m), _cls_ce(cls.detach(), y), _box_diou(box.detach(), b)]
@@ -91,7 +93,7 @@ def test_masked_multi_loss_by_hand():
     assert (seg.grad[0].abs().sum((1, 2)) > 0).all() and (seg.grad[1][:, 2:].abs().sum() > 0)
     assert (cls.grad[1] == 0).all() and (cls.grad[[0, 2]] != 0).any(1).all()
     assert (box.grad[[0, 2]] == 0).all() and (box.grad[1] != 0).any()
-    lf.weights[2] = 0.                                               # callbacks may change the weights
+    lf.weighting = StaticWeighting([1., .5, 0.]).setup(ts)          # the weighting makes the total
     assert torch.allclose(lf((seg, cls, box), m, y, b), hand[0] + .5*hand[1], atol=1e-5)
 
 def test_masked_multi_loss_all_missing():
@@ -108,7 +110,8 @@ def test_masked_multi_loss_all_missing():
     assert (cls.grad == 0).all() and seg.grad.abs().sum() > 0 and box.grad.abs().sum() > 0
 
 def test_masked_multi_loss_reduction_none():
-    lf = MaskedMultiLoss(_tasks_with_vocab(), weights=[1., .5, 2.])
+    ts = _tasks_with_vocab()
+    lf = MaskedMultiLoss(ts, weighting=StaticWeighting([1., .5, 2.]).setup(ts))
     (seg, cls, box), (m, y, b) = _batch()
     lf.reduction = 'none'
     per = lf((seg, cls, box), m, y, b)
@@ -249,7 +252,7 @@ def test_box_task_starts_at_the_mean_training_box(synth):
     mean = torch.tensor((rows[['x1', 'y1', 'x2', 'y2']].values / 32 * 2 - 1).mean(0), dtype=torch.float)
     assert torch.allclose(t.mean_box, mean, atol=1e-5)
     learn = _learner(dls)
-    assert torch.allclose(params_to_box(learn.model[1].heads[2].mlp[-1].bias.detach()), mean, atol=1e-4)
+    assert torch.allclose(params_to_box(learn.model.heads.heads[2].mlp[-1].bias.detach()), mean, atol=1e-4)
 
 # ---------------------------------------------------------------------------------------------------------------
 # freeze / unfreeze, discriminative learning rates, lr_find
@@ -258,7 +261,7 @@ def _changed(before, m): return [not torch.equal(a, p) for a, p in zip(before, m
 
 def test_freeze_unfreeze_discriminative_lrs(synth):
     learn = _learner(_dls(*synth))
-    body, head = learn.model[0], learn.model[1]
+    body, head = learn.model.body, learn.model.heads
     learn.freeze()
     assert len(learn.opt.param_groups) == 3                           # resnet split: stem+layer1-2, layer3-4, heads
     convs = [m.weight for m in body.modules() if isinstance(m, nn.Conv2d)]
@@ -481,14 +484,14 @@ def _fits_and_predicts(learn, synth, n_in=3):
 @pytest.mark.parametrize('arch', ['resnet18', 'convnext_atto'])
 def test_timm_backbone_by_name(synth, arch):
     learn = _learner(_dls(*synth), arch)
-    assert isinstance(learn.model[0], TimmBody)
+    assert isinstance(learn.model.body, TimmBody)
     _fits_and_predicts(learn, synth)
 
 def test_custom_body_with_cut(synth):
     net = nn.Sequential(ConvLayer(3, 16, stride=2), ConvLayer(16, 32, stride=2), ConvLayer(32, 64, stride=2),
                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
     learn = _learner(_dls(*synth), net, cut=-3)
-    assert len(learn.model[0]) == 3 and len(learn.splitter(learn.model)) == 2   # body, heads
+    assert len(learn.model.body) == 3 and len(learn.splitter(learn.model)) == 2   # body, heads
     _fits_and_predicts(learn, synth)
 
 class PadConv(nn.Conv2d):
@@ -503,7 +506,7 @@ def test_body_with_padding_modules(synth):
     body = nn.Sequential(PadConv(3, 16), nn.BatchNorm2d(16), nn.ReLU(), PadConv(16, 32), nn.BatchNorm2d(32), nn.ReLU(),
                          PadConv(32, 64), nn.BatchNorm2d(64), nn.ReLU())
     learn = _learner(_dls(*synth), body)
-    feats = learn.model[1].features
+    feats = learn.model.heads.features
     assert feats.sizes == [(16, 16), (8, 8)] and not any('pad' in n for n in feats.names), feats
     _fits_and_predicts(learn, synth)
 
@@ -529,7 +532,7 @@ def test_grayscale_n_in_1(grey):
     dls = MTLDataLoaders(*db.dataloaders(df, bs=8, num_workers=0).loaders, path=path).setup_tasks()
     assert dls.one_batch()[0].shape[1] == 1
     learn = _learner(dls, n_in=1)
-    assert in_channels(learn.model[0]) == 1
+    assert in_channels(learn.model.body) == 1
     _fits_and_predicts(learn, (path, df))
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -545,9 +548,9 @@ def test_pretrained_without_network(synth, no_network, tmp_path):
     fn = tmp_path/'resnet18.pth'; torch.save(tv.state_dict(), fn)
     n_norm = len([t for t in dls.after_batch.fs if isinstance(t, Normalize)])
     learn = mtl_learner(dls, resnet18, weights=fn, decoder='light')
-    assert torch.equal(learn.model[0][0].weight, tv.conv1.weight)
-    assert torch.equal(learn.model[0][7][1].bn2.running_var, tv.layer4[1].bn2.running_var)
-    assert not learn.model[0][0].weight.requires_grad                # pretrained: frozen like vision_learner
+    assert torch.equal(learn.model.body[0].weight, tv.conv1.weight)
+    assert torch.equal(learn.model.body[7][1].bn2.running_var, tv.layer4[1].bn2.running_var)
+    assert not learn.model.body[0].weight.requires_grad                # pretrained: frozen like vision_learner
     norms = [t for t in dls.after_batch.fs if isinstance(t, Normalize)]
     assert len(norms) == n_norm + 1 and torch.allclose(norms[-1].mean.flatten().cpu(), torch.tensor(imagenet_stats[0]))
     _fits_and_predicts(learn, synth)

@@ -1,4 +1,4 @@
-"MultiLabelTask and RegressionTask end to end: every weighting, alternation and architecture; they learn; predict, export, show."
+"MultiLabelTask and RegressionTask end to end: every weighting, sampler and architecture; they learn; predict, export, show."
 import numpy as np, pandas as pd, pytest, torch
 import matplotlib
 matplotlib.use('Agg')
@@ -9,7 +9,7 @@ from fastai_mtl.tasks import SegmentationTask, MultiLabelTask, RegressionTask
 from fastai_mtl.data import MTLDataLoaders
 from fastai_mtl.learner import mtl_learner
 from fastai_mtl.weighting import weightings
-from fastai_mtl.alternation import alternations
+from fastai_mtl.samplers import samplers
 from fastai_mtl.model import architectures
 from fastai_mtl.demo import demo_body
 
@@ -46,7 +46,7 @@ def test_batches(data):
     assert tags.shape == (16, len(dls.tasks[0].vocab)) and geom.shape == (16, 2)
     assert set(dls.tasks[0].vocab) >= {'big', 'red'} and 'none' not in dls.tasks[0].vocab
     t = dls.tasks[0]
-    lab = t.labelled_items(tags)
+    lab = t.item_mask(tags)
     assert (tags[lab].isnan().sum() == 0) and tags[~lab].isnan().all()
     v = dls.valid
     rows = v.items
@@ -62,10 +62,10 @@ def test_every_weighting(data, weighting):
     vals = dict(zip(['valid_loss'] + [m.name for m in learn.metrics], learn.validate()))
     assert np.isfinite(vals['valid_loss']) and all(vals[k] is not None for k in ('tags_acc_multi', 'tags_f1', 'geom_mae', 'geom_r2'))
 
-@pytest.mark.parametrize('alternation', list(alternations))
-def test_every_alternation(data, alternation):
+@pytest.mark.parametrize('sampler', list(samplers))
+def test_every_sampler(data, sampler):
     set_seed(0)
-    learn = learner(data[2], alternation=alternation)
+    learn = learner(data[2], sampler=sampler)
     with learn.no_logging(): learn.fit(1, 3e-3)
     assert np.isfinite(learn.recorder.values[-1][0])
 

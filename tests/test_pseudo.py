@@ -10,6 +10,7 @@ from fastai_mtl.synth import synth_shapes, SHAPE_CODES, BOX_COLS
 from fastai_mtl.tasks import SegmentationTask, ClassificationTask, BoxTask, MultiLabelTask, RegressionTask
 from fastai_mtl.data import MTLDataLoaders
 from fastai_mtl.learner import mtl_learner
+from fastai_mtl.model import CheckpointError
 from fastai_mtl.pseudo import PseudoLabel, strong_tfms, running_stats_kept, _ramp
 from conftest import conv_body
 
@@ -84,10 +85,17 @@ def test_multilabel_and_regression_targets():
 def test_default_tasks_and_errors(dls):
     learn = learner(dls, cbs=PseudoLabel())
     assert learn.pseudo_label.active == [0, 1, 2]
-    learn = learner(dls, cbs=PseudoLabel(tasks=['masks']))
-    with pytest.raises(ValueError, match=r"no task named \['masks'\]"): learn.fit(1)
+    with pytest.raises(ValueError, match=r"no task named \['masks'\]"): learner(dls, cbs=PseudoLabel(tasks=['masks']))
+    with pytest.raises(ValueError, match=r"no task named \['boxes'\]"): learner(dls, cbs=PseudoLabel(thresholds={'boxes': .5}))
     learn = learner(dls, cbs=PseudoLabel(), weighting='upgrad')
-    with pytest.raises(ValueError, match='JacobianDescent'): learn.fit(1)
+    with pytest.raises(ValueError, match='gradient weighting'): learn.fit(1)
+
+@pytest.mark.parametrize('kw,msg', [(dict(thresholds={'mask': 1.5}), r"thresholds\['mask'\] must be a number in \[0, 1\]"),
+                                    (dict(thresholds={'mask': -.5}), r"thresholds\['mask'\]"), (dict(weight=-1), 'weight must be'),
+                                    (dict(start=1.5), r'start must be a number in \[0, 1\)'), (dict(decay=1.), 'decay must be'),
+                                    (dict(ramp=float('nan')), 'ramp must be'), (dict(weight='1'), 'weight must be')])
+def test_settings_are_checked(kw, msg):
+    with pytest.raises(ValueError, match=msg): PseudoLabel(**kw)
 
 # --- the teacher ----------------------------------------------------------------------------------------------------
 def test_ema_against_its_formula(dls):
@@ -135,8 +143,8 @@ def test_training_adds_the_pseudo_loss_and_never_trains_the_teacher(dls):
     diff = [(p - q).abs().max() for p,q in zip(pl.teacher.parameters(), learn.model.parameters())]
     assert max(diff) > 0                                                    # an average of past weights, not a copy
 
-def test_thresholds_of_one_make_nothing(dls):
-    pl, probe = PseudoLabel(thresholds={'mask': 1.01, 'shape': 1.01, 'box': 1.01}), LossProbe()
+def test_nothing_before_start(dls):
+    pl, probe = PseudoLabel(start=0.999), LossProbe()
     learn = learner(dls, cbs=[pl, probe])
     learn.fit(1, 1e-2)
     assert pl.df.mask_pseudo.sum() == 0 and all(e == 0 for e in probe.extra)
@@ -189,6 +197,23 @@ def test_checkpoints_keep_the_teacher(dls, tmp_path):
     assert all(torch.equal(a, b) for a,b in zip(other.pseudo_label.teacher.state_dict().values(), other.model.state_dict().values()))
     state = pickle.loads(pickle.dumps(learn.pseudo_label))                  # `export` pickles the callbacks: no teacher
     assert state.teacher is None
+
+def test_teacher_file_checked_before_the_model_loads(dls, tmp_path):
+    "A damaged teacher file is named before anything changes; a teacher of another model (a save killed between the two files) is not used"
+    learn = learner(dls, cbs=PseudoLabel(decay=0.9), path=tmp_path)
+    learn.fit(1, 1e-2)
+    learn.save('m'); tf = tmp_path/'models'/'m.teacher.pth'
+    good = tf.read_bytes()
+    other = learner(dls, seed=3, cbs=PseudoLabel(decay=0.9), path=tmp_path)
+    before = {k: v.clone() for k,v in other.model.state_dict().items()}
+    tf.write_bytes(good[:len(good)//2])
+    with pytest.raises(CheckpointError, match=r"teacher file .*m\.teacher\.pth cannot be read.*nothing was loaded"): other.load('m')
+    assert all(torch.equal(v, before[k]) for k,v in other.model.state_dict().items())   # the model was not touched
+    tf.write_bytes(good)
+    learn.fit(1, 1e-2)
+    torch.save(learn.model.state_dict(), tmp_path/'models'/'m.pth')     # a new model file; the teacher file is the old one
+    with pytest.warns(UserWarning, match='saved with another model'): other.load('m')
+    assert all(torch.equal(a, b) for a,b in zip(other.pseudo_label.teacher.state_dict().values(), other.model.state_dict().values()))
 
 def test_one_pseudo_item_is_skipped_two_are_used(dls):
     "A training-mode BatchNorm cannot take one item: a batch where only one item gets a pseudo-target adds nothing"

@@ -83,7 +83,7 @@ def test_kill_during_save_keeps_the_previous_file(tmp_path):
         p.send_signal(signal.SIGKILL); p.wait()
         sd = torch.load(out/'models'/'ck.pth', weights_only=False)  # whole: the last complete save (a file written here)
         # the first save has no optimiser yet (a bare state dict); later ones {'model', 'opt'}: either way, whole
-        assert (sd['model'] if 'model' in sd else sd)['0.0.weight'].shape[0] == 64
+        assert (sd['model'] if 'model' in sd else sd)['body.0.weight'].shape[0] == 64
         learn = load_learner(out/'model.pkl')
         assert len(learn.tasks) == 2
 
@@ -179,7 +179,7 @@ def test_fit_on_a_loaded_learner_says_it_has_no_data(synth, tmp_path):
     learn.export('m.pkl')
     loaded = load_learner(tmp_path/'m.pkl')
     with pytest.raises(MTLTrainingError, match=r'no batch to train on.*learn.dls = MTLDataLoaders.from_df'): loaded.fit(1)
-    assert len(loaded.dwa.history) == 0
+    assert len(loaded.weighting.history) == 0
 
 def test_checkpoint_into_another_weighting_and_safetensors(synth, tmp_path):
     dls = dls_of(*synth)
@@ -187,10 +187,10 @@ def test_checkpoint_into_another_weighting_and_safetensors(synth, tmp_path):
     a.save('dwa'); a.save_weights('dwa')
     for w in (None, 'uncertainty'):
         b = learner(dls, weighting=w, path=tmp_path)
-        with pytest.warns(UserWarning, match="loss weighting state"): b.load('dwa')
-        assert torch.equal(b.model[0][0][0].weight, a.model[0][0][0].weight)
+        with pytest.warns(UserWarning, match="weighting state"): b.load('dwa')
+        assert torch.equal(b.model.body[0][0].weight, a.model.body[0][0].weight)
     c = learner(dls, weighting='dwa', path=tmp_path).load_weights('dwa')
-    assert c.dwa.history.equals(a.dwa.history)
+    assert c.weighting.history.equals(a.weighting.history)
     for k, v in a.model.state_dict().items(): assert torch.equal(c.model.state_dict()[k].nan_to_num(-1), v.nan_to_num(-1)), k
 
 def test_read_only_data_folder(synth, tmp_path, monkeypatch):
@@ -215,7 +215,7 @@ def test_sizes_bs_and_small_sets(synth, tmp_path):
     with pytest.raises(MTLDataError, match=r'2 different sizes .* pass `size=`'): dls_of(path, odd)
     assert dls_of(path, odd, size=32).one_batch()[0].shape[-2:] == (32, 32)
     with pytest.raises(MTLDataError, match='bs=1: batchnorm layers need at least 2'): dls_of(path, df, bs=1)
-    with pytest.raises(MTLDataError, match=r'the training set has \d+ images, fewer than a batch of bs=128'): dls_of(path, df, bs=128, sampler='mixed')
+    with pytest.raises(MTLDataError, match=r'the training set has \d+ images, fewer than a batch of bs=128'): dls_of(path, df, bs=128, sampler='random')
     assert len(dls_of(path, df, bs=128).train) == 1        # the balanced default fills one batch, each image at least once
 
 def test_big_endian_mask(synth, tmp_path):

@@ -3,12 +3,13 @@ import math, random
 from types import SimpleNamespace
 import numpy as np
 from hypothesis import given, settings, strategies as st, HealthCheck
-from fastai_mtl.loader import BalancedSampler, MixedSampler, TaskBatchSampler
+from fastai_mtl.core import Task, Tasks
+from fastai_mtl.samplers import BalancedSampler, ShuffleSampler, TaskBatchSampler, TaskEpochSampler, samplers
 
 def fake_dl(lab, bs, seed):
-    "What a sampler reads from an `MTLDataLoader`: the labelled matrix (tasks x samples), bs, rng"
-    return SimpleNamespace(labelled=lab, bs=bs, rng=random.Random(seed), drop_last=True,
-                           tasks=[SimpleNamespace(name=f't{i}') for i in range(len(lab))])
+    "What a sampler reads from an `MTLDataLoader`: the target matrix (tasks x samples), bs, rng, the tasks"
+    return SimpleNamespace(target_matrix=lab, bs=bs, rng=random.Random(seed), drop_last=True,
+                           tasks=Tasks([Task(f't{i}') for i in range(len(lab))]))
 
 @st.composite
 def label_patterns(draw):
@@ -62,7 +63,7 @@ def test_balanced_against_random_on_the_seed_question():
     lab = np.ones((2, 33000), bool); lab[0, 3000:] = False
     dl = fake_dl(lab, 64, 0)
     smp = BalancedSampler()
-    assert smp.quotas(dl) == [16, 0] and smp.n_batches(dl) == 688 and MixedSampler().n_batches(dl) == 515
+    assert smp.quotas(dl) == [16, 0] and smp.n_batches(dl) == 688 and ShuffleSampler().n_batches(dl) == 515
     idxs = np.array(smp.get_idxs(dl)).reshape(-1, 64)
     masks = lab[0, idxs].sum(1)
     assert masks.min() >= 16 and abs(masks.mean() - (16 + 48*3000/33000)) < 1
@@ -77,3 +78,19 @@ def test_balanced_quotas_scaled_within_the_cap():
     assert q[:3] == [1, 1, 1] and q[3] == 0 and sum(q) <= 3
     q = BalancedSampler(0.25, 0.5).quotas(fake_dl(lab, 20, 0))            # asked 5, 2, 2 with 10 reservable: all fit
     assert q == [5, 2, 2, 0]
+
+def test_one_vocabulary():
+    "One registry of samplers; the old name 'mixed' (random batches as a sampler, balanced ones as an alternation) is a deprecated alias"
+    assert samplers.keys() == ['random', 'task', 'epoch', 'balanced']
+    import warnings
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always')
+        assert samplers.resolve('mixed') is ShuffleSampler
+    assert any('deprecated' in str(o.message) and "'random'" in str(o.message) for o in w)
+
+def test_epoch_sampler_follows_the_epoch_it_is_told():
+    lab = np.zeros((3, 30), bool); lab[0, :10] = lab[1, 10:20] = lab[2, 20:] = True
+    dl, smp = fake_dl(lab, 4, 0), TaskEpochSampler()
+    for e in (5, 0, 4, 4):
+        smp.set_epoch(e)
+        assert set(smp.get_idxs(dl)) <= set(range(10*(e % 3), 10*(e % 3) + 10))
