@@ -124,6 +124,9 @@ class Task:
         "Raise `MTLDataError` naming the rows of `df` this task cannot use"
         miss = [c for c in self.cols if c not in df.columns]
         if miss: raise MTLDataError(f'{self!r}: column(s) {miss} not in the DataFrame (columns: {list(df.columns)})')
+    def check_split(self, train:pd.DataFrame, valid:pd.DataFrame):
+        "Raise `MTLDataError` naming the validation rows this task cannot learn from `train` (e.g. a label no training row has); called by `from_df` before anything is decoded"
+        pass
     def check_files(self, df:pd.DataFrame, path, sizes:dict, full:bool=False) -> list:
         "Problems with the files this task reads, one string per file naming its row (`sizes`: each row's image size (w, h)); `full`: decode them"
         return []

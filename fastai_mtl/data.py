@@ -15,7 +15,8 @@ from .tasks import *
 from .cache import *
 
 # %% auto #0
-__all__ = ['check_task', 'check_mtl_df', 'check_files', 'check_split', 'mtl_datablock', 'shortcut_tasks', 'MTLDataLoaders']
+__all__ = ['check_task', 'check_mtl_df', 'check_files', 'check_split', 'check_test_items', 'mtl_datablock', 'shortcut_tasks',
+           'MTLDataLoaders']
 
 # %% ../nbs/09_data.ipynb #a41591b4
 def check_task(t):
@@ -83,6 +84,32 @@ def check_split(df:pd.DataFrame, splits, fn_col:str):
         f'memory, not learning): ' + '; '.join(f'{f!r} (rows {list(df.index[df[fn_col] == f])})' for f in both[:5])
         + ('; ...' if len(both) > 5 else '') + '. Drop the duplicate rows, or split by image file')
 
+def check_test_items(items, path='.', fn_col:str=None):
+    "Refuse what inference would silently get wrong and training refuses: a 16-bit or float image (saturated to 8 bits), an array or tensor that is not 8-bit or holds NaN/inf; naming the item"
+    if isinstance(items, pd.DataFrame):
+        if fn_col not in items.columns: return
+        items = [Path(path)/f for f in items[fn_col]]
+    for i,o in enumerate(items):
+        if isinstance(o, (str, Path)):
+            try:
+                with Image.open(o) as im: mode = im.mode
+            except Exception as e: raise MTLDataError(f"test item {i}: image '{o}' cannot be read ({type(e).__name__}: {e})") from None
+            what = f"test item {i}: image '{o}'"
+        elif isinstance(o, Image.Image): mode, what = o.mode, f'test item {i} (a PIL image)'
+        elif isinstance(o, (np.ndarray, Tensor)):
+            a = o.detach().cpu().numpy() if isinstance(o, Tensor) else o
+            if a.dtype.kind in 'fc' and not np.isfinite(a).all():
+                raise MTLDataError(f'test item {i}: the array holds {int((~np.isfinite(a)).sum())} NaN or infinite value(s): every '
+                                   'prediction would be NaN')
+            if a.dtype != np.uint8:
+                raise MTLDataError(f'test item {i}: an array of {a.dtype} (range {a.min():g}..{a.max():g}): images are 8-bit, as in training; '
+                                   'convert it (e.g. `(a / a.max() * 255).astype(np.uint8)`) or pass the image file')
+            continue
+        else: continue
+        if mode in _DEEP_MODES:
+            raise MTLDataError(f'{what} has mode {mode!r} (16-bit or float): converting it to 8-bit RGB would saturate it; '
+                               'rescale it to 8 bits first (e.g. to 0..255 over its own range), as for training')
+
 # %% ../nbs/09_data.ipynb #2b6ec9db
 def mtl_datablock(tasks:list, path='.', fn_col:str='fn', splitter=None, item_tfms=None, batch_tfms=None,
                   img_cls=PILImage) -> DataBlock:
@@ -121,6 +148,7 @@ class MTLDataLoaders(DataLoaders):
                 mask_col:str=None, codes:list=None, label_col:str|list=None, box_cols:list=None, code_map:dict=None, # shortcut for `tasks`
                 check:str='fast', # 'fast': read every file's header; 'full': decode every image and mask once; None: only the DataFrame
                 cache:bool|str|Path=None, # decode every item once into memory-mapped arrays (`cached`): True (`default_cache_dir()`) or a folder; `num_workers` then defaults to 0
+                cache_check:str='stat', # how the cache knows a file changed: 'stat' (size and time) or 'hash' (content: slower to open, sure)
                 **kwargs):
         "Build from `df` (a row per image, paths relative to `path`); empty cells are missing targets"
         path = Path(path)
@@ -134,6 +162,7 @@ class MTLDataLoaders(DataLoaders):
         splitter = ColSplitter(valid_col) if valid_col is not None else RandomSplitter(valid_pct, seed=seed)
         splits = splitter(df)
         check_split(df, splits, fn_col)
+        for t in tasks: t.check_split(df.iloc[splits[0]], df.iloc[splits[1]])
         if bs < 2: raise MTLDataError(f'bs={bs}: batchnorm layers need at least 2 samples per training batch; use bs >= 2')
         if len(splits[0]) < bs and (sampler is None or isinstance(samplers.create(sampler), ShuffleSampler)):
             raise MTLDataError(f'the training set has {len(splits[0])} images, fewer than a batch of bs={bs}: lower `bs`')
@@ -151,12 +180,17 @@ class MTLDataLoaders(DataLoaders):
         res = cls(*dls.loaders, path=path, device=dls.device)
         res.fn_col = fn_col
         res.setup_tasks()
-        if cache: res.cached(None if cache is True else cache)
+        if cache: res.cached(None if cache is True else cache, check=cache_check)
         return res
 
-    def cached(self, folder=None, num_workers:int=None, progress:bool=True):
-        "Read items from an `ItemCache` (built once at `folder`, default `default_cache_dir()`, in `num_workers` processes (default: up to 8), rebuilt when the rows, files or transforms change) instead of decoding them every epoch"
-        return cache_items(self, folder, num_workers, progress)
+    def test_dl(self, test_items, rm_type_tfms=None, with_labels:bool=False, **kwargs):
+        "fastai's `test_dl`, after `check_test_items`: an image or array that training would refuse is refused here too, by name"
+        check_test_items(test_items, getattr(self, 'path', '.'), getattr(self, 'fn_col', None))
+        return super().test_dl(test_items, rm_type_tfms=rm_type_tfms, with_labels=with_labels, **kwargs)
+
+    def cached(self, folder=None, num_workers:int=None, progress:bool=True, check:str='stat'):
+        "Read items from an `ItemCache` (built once at `folder`, default `default_cache_dir()`, in `num_workers` processes (default: up to 8), another store when the rows, files (`check`: 'stat' or 'hash') or transforms change) instead of decoding them every epoch"
+        return cache_items(self, folder, num_workers, progress, check=check)
 
     def model_boxes(self, rows:pd.DataFrame, cols:list, max_n:int=2000, seed:int=0) -> Tensor:
         "Boxes `(n, 4)` of `rows` (pixel coordinates in `cols`) where the validation item transforms put them (clipped; at most `max_n` rows, sampled)"

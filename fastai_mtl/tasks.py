@@ -155,6 +155,15 @@ class SegmentationTask(_ColTask):
         return f"{self.name}: {', '.join(map(str, present))}"
 
 # %% ../nbs/08_tasks.ipynb #d3003f6d
+def _unseen_labels(task, valid:pd.DataFrame, labels:pd.Series, seen:set):
+    "Raise `MTLDataError` naming the validation rows holding a label (of the lists in `labels`) that is not in `seen`"
+    unseen = labels.map(lambda ls: sorted({str(l) for l in ls if l not in seen}))
+    bad = unseen.map(bool)
+    if bad.any():
+        new = sorted({l for ls in unseen for l in ls})
+        task._bad_rows(valid, bad, f'of the validation set have a label no training row has ({new[:5]}{" ..." if len(new) > 5 else ""}): '
+                       'the model could never predict it. Move such rows to training, or pass `vocab=` to keep them')
+
 class ClassificationTask(_ColTask):
     "A single label per image (column `col`); the `vocab` is built from the labelled training rows unless given"
     kind, sentinel, learned = 'cls', MISSING_LABEL, ('vocab',)
@@ -180,6 +189,11 @@ class ClassificationTask(_ColTask):
         if self.vocab is None: return
         ok = set(self.vocab)
         self._bad_rows(df, labels.map(lambda l: not is_missing(l) and l not in ok), f'have a label outside the vocab {list(self.vocab)}')
+    def check_split(self, train, valid):
+        "Without a given `vocab`, refuse validation rows whose label no training row has: the model could never predict it"
+        if self._given['vocab'] is not None: return
+        seen = {l for l in train[self.cols[0]].map(_as_label) if not is_missing(l)}
+        _unseen_labels(self, valid, valid[self.cols[0]].map(lambda l: [] if is_missing(l) else [_as_label(l)]), seen)
     def setup(self, dls):
         "Refuse a task with fewer than two classes among its labelled training rows: there is nothing to learn"
         items = getattr(dls.train, 'items', None)
@@ -244,6 +258,16 @@ class BoxTask(_ColTask):
         self._bad_rows(df.loc[lab], (x1 > x2) | (y1 > y2), 'have a box with x1 > x2 or y1 > y2')
         self._bad_rows(df.loc[lab], (x1 == x2) | (y1 == y2), 'have a box of zero width or height (leave the cells empty for "no box")')
         self._bad_rows(df.loc[lab], (vals < 0).any(axis=1), 'have a box with negative coordinates')
+    def check_files(self, df, path, sizes, full=False):
+        "Boxes reaching outside their image (its size `sizes` from the header; a pixel of slack for inclusive coordinates)"
+        errs = []
+        for r,b in df.loc[self.rows_with_target(df), self.cols].astype(float).iterrows():
+            if r not in sizes: continue
+            (w,h),(x1,y1,x2,y2) = sizes[r], b.values
+            if x2 > w + 1 or y2 > h + 1:
+                errs.append(f'{row_desc(df.loc[r], self.cols)}: box ({x1:g}, {y1:g}, {x2:g}, {y2:g}) reaches outside its {w}x{h} (w x h) '
+                            "image: the columns hold pixels of the source image (scaled boxes? multiply by the image's width and height)")
+        return errs
 
     def setup(self, dls):
         "Compute `mean_box`, the mean labelled training box in the model's coordinates: where the head starts"
@@ -299,11 +323,21 @@ class MultiLabelTask(_ColTask):
         return TransformBlock(type_tfms=MultiLabelEncode(self.vocab, self.label_delim, self.empty, task=self), dl_type=MTLDataLoader)
     def check_df(self, df, path=None):
         super().check_df(df, path)
-        if self.vocab is None: return
         enc = MultiLabelEncode(self.vocab, self.label_delim, self.empty)
-        ok = set(self.vocab)
+        ok = set(self.vocab or [])
+        for d in (d for d in ',;|' if d != self.label_delim):
+            # 'circle,red' split at ' ' is one label 'circle,red': refuse it unless the given vocab holds it
+            self._bad_rows(df, df[self.cols[0]].map(lambda v: isinstance(v, str) and any(d in l and l not in ok for l in enc._labels(v) or [])),
+                           f'hold labels with {d!r} in them while labels are split at {self.label_delim!r}: pass `label_delim={d!r}`')
+        if self.vocab is None: return
         self._bad_rows(df, df[self.cols[0]].map(lambda v: bool(set(enc._labels(v) or []) - ok)),
                        f'have a label outside the vocab {list(self.vocab)}')
+    def check_split(self, train, valid):
+        "Without a given `vocab`, refuse validation rows with a label no training row has: the model could never predict it"
+        if self._given['vocab'] is not None: return
+        enc = MultiLabelEncode(None, self.label_delim, self.empty)
+        seen = {l for v in train[self.cols[0]] for l in enc._labels(v) or []}
+        _unseen_labels(self, valid, valid[self.cols[0]].map(lambda v: enc._labels(v) or []), seen)
     @property
     def n_out(self):
         if self.vocab is None: raise MTLDataError(f'{self!r} has no vocab yet: build the DataLoaders first, or pass `vocab=`')
@@ -340,9 +374,10 @@ class RegressionTask(_ColTask):
     kind, sentinel, item_dims, learned = 'value', float('nan'), 1, ('mean', 'std')
     def __init__(self, cols, name:str=None, weight:float=None, loss_func=None, loss:str='mse',
                  flip_invariant:bool=False, # the values do not change when the image is mirrored (an age, a count: not a position)
+                 max_z:float=1e6, # refuse a value this many robust standard deviations (1.4826 MAD) from the column's median: a typo, a unit slip
                  **head_kwargs):
         super().__init__(cols, name, weight, loss_func, **head_kwargs)
-        self.loss_kind,self.flip_invariant,self.mean,self.std = loss,flip_invariant,None,None
+        self.loss_kind,self.flip_invariant,self.max_z,self.mean,self.std = loss,flip_invariant,max_z,None,None
     def default_loss(self): return MaskedRegressionLoss(self.loss_kind)
     def getter(self, path=None): return ColGetter(self.cols)
     @property
@@ -355,14 +390,29 @@ class RegressionTask(_ColTask):
         lab = ~miss.any(axis=1)
         vals = df.loc[lab, self.cols].apply(pd.to_numeric, errors='coerce')
         self._bad_rows(df.loc[lab], vals.isna().any(axis=1), 'have a value that is not a number')
+        v = vals.astype(float)
+        self._bad_rows(df.loc[lab], ~np.isfinite(v).all(axis=1), 'have an infinite value')
+        med = v.median()
+        mad = (v - med).abs().median() * 1.4826
+        z = ((v - med).abs() / mad.where(mad > 0)).fillna(0)
+        self._bad_rows(df.loc[lab], (z > self.max_z).any(axis=1), f'have a value more than {self.max_z:g} robust standard deviations '
+                       'from the median of its column (a typo? another unit?); fix it, or raise `max_z`')
     def setup(self, dls):
-        "The mean and standard deviation of each value over the labelled training rows (the head's units)"
+        "The mean and standard deviation of each value over the labelled training rows: the units the loss is computed in; a constant column is refused"
         items = getattr(dls.train, 'items', None)
         if isinstance(items, pd.DataFrame):
-            v = items.loc[self.rows_with_target(items), self.cols].apply(pd.to_numeric).values.astype(np.float32)
+            v = items.loc[self.rows_with_target(items), self.cols].apply(pd.to_numeric).values.astype(np.float64)
+            if len(v) > 1 and (const := [c for c,s in zip(self.cols, v.std(0)) if s == 0]):
+                raise MTLDataError(f'{self!r}: every labelled training row has the same value in {const} ({v[0][self.cols.index(const[0])]:g}): '
+                                   'a constant has nothing to learn. Check the column, or leave it out')
             if len(v):
-                self.mean, self.std = tensor(v.mean(0)), tensor(v.std(0) if len(v) > 1 else np.ones(len(self.cols))).clamp_min(1e-6)
+                self.mean, self.std = tensor(v.mean(0)).float(), tensor(v.std(0) if len(v) > 1 else np.ones(len(self.cols))).float().clamp_min(1e-6)
         return self
+    def loss(self, pred, targ):
+        "`(loss, n)` in standard units, `(value - mean) / std` of the training rows: an area in px² weighs as much as a cross-entropy"
+        if self.mean is None or not isinstance(self.loss_func, MaskedLoss): return super().loss(pred, targ)
+        m, s = self.mean.to(pred.device), self.std.to(pred.device)
+        return self.loss_func((pred - m)/s, (targ - m)/s, self.item_mask(targ))
     @property
     def n_out(self): return len(self.cols)
     def create_head(self, nf, features=None, img_size=None, decoder=None, **kwargs):

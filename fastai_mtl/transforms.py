@@ -152,10 +152,10 @@ class MultiLabelEncode(DisplayedTransform):
         if vocab is not None: self.vocab = CategoryMap(list(vocab), sort=False)
     def _labels(self, o):
         if o is None or (not is_listy(o) and is_missing(o)): return None
-        if is_listy(o): return [str(v) for v in o]
+        if is_listy(o): return [v for v in (str(v).strip() for v in o) if v]
         s = str(o).strip()
         if s == self.empty: return []
-        return [v for v in (s.split(self.label_delim) if self.label_delim else [s]) if v]
+        return [v for v in (v.strip() for v in (s.split(self.label_delim) if self.label_delim else [s])) if v]
     def setups(self, dsets):
         if self.vocab is None and dsets is not None:
             vals = sorted({v for o in dsets for v in (self._labels(o) or [])})
