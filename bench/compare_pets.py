@@ -4,13 +4,15 @@
 The data of bench/strategies.py: the 302 training images, trimaps kept on a seeded `--mask-pct` of them (15%: the
 forum question's scarce masks), breeds on all; A is measured on the official test split (298 images, all labelled).
 
-- **Does the trimap help the breed?** `compare_tasks(dls, 'breed', 'trimap')`: breed alone, breed + trimap, and breed
-  + the trimap's head with none of its labels (the control: the same extra head, no masks);
+- **Does the trimap help the breed?** `compare_tasks(dls, 'breed', 'trimap')`: breed alone for the same number of
+  optimiser steps (the reference: equal compute), breed + trimap, breed alone on the multi-task batches (equal
+  exposure), and breed + the trimap's head with none of its labels (the control: the same extra head, no masks);
 - **Does the breed help the trimap?** `compare_tasks(dls, 'trimap', 'breed')`: the same, the other way.
 
-Each configuration sees the same batches of A (`compare_tasks` keeps them); EfficientNet-Lite0 with its ImageNet
-weights (`backbone()` of bench/common.py), light decoder, `fine_tune(--epochs, --lr)`, `--seeds` seeds; differences
-to "A alone" with paired bootstrap intervals over the test images and the seeds. Writes `compare_pets.json` / `.md`.
+The DataLoaders draw with the library's default sampler (`BalancedSampler()`: half of every batch for the rare
+trimaps); EfficientNet-Lite0 with its ImageNet weights (`backbone()` of bench/common.py), light decoder,
+`fine_tune(--epochs, --lr)`, `--seeds` seeds; differences to "A alone, same steps" with paired bootstrap intervals
+over the test images and the seeds. Writes `compare_pets.json` / `.md`.
 
     python bench/compare_pets.py [--epochs 4] [--seeds 3] [--size 64] [--quick --out quick_results]
 """
@@ -50,7 +52,7 @@ def main(argv=None):
         df = S.experiment_df(a)
         df = S.build_cache(a, df, Path(tmp))
         arch, pretrained, stats, arch_name = backbone()
-        dls = MTLDataLoaders.from_df(df, Path(tmp), 'fn', S.config_tasks('mixed+equal'), valid_col='is_valid', size=a.size,
+        dls = MTLDataLoaders.from_df(df, Path(tmp), 'fn', S.config_tasks('balanced+equal'), valid_col='is_valid', size=a.size,
                                      bs=a.bs, num_workers=0, batch_tfms=[*aug_transforms(), Normalize.from_stats(*stats)])
         res = {}
         for target, helper in (('breed', 'trimap'), ('trimap', 'breed')):

@@ -1,4 +1,4 @@
-"""`compare_tasks`: train task A alone, with task B, and with B's head but none of B's labels, on the same batches, over several seeds; paired bootstrap intervals on A's metrics
+"""`compare_tasks`: task A alone for the same number of optimiser steps (equal compute), with task B, alone on the same batches (equal exposure), with B's head but none of B's labels, and alone for as long as it needs; over several seeds, with paired bootstrap intervals on A's metrics
 
 Docs: https://fastai-mtl.github.io/fastai_mtl/compare.html.md"""
 
@@ -11,9 +11,11 @@ from .core import *
 from .metrics import TaskLoss
 from .learner import *
 from .recorder import TaskLossRecorder
+from .samplers import TaskRowsSampler
+from .alternation import UseSampler
 
 # %% auto #0
-__all__ = ['ItemStats', 'paired_bootstrap', 'KeepTasks', 'SameRandomness', 'compare_tasks', 'plot_task_comparison']
+__all__ = ['ItemStats', 'paired_bootstrap', 'KeepTasks', 'SameRandomness', 'compare_tasks', 'CountSteps']
 
 # %% ../nbs/16_compare.ipynb #8abd5119
 class ItemStats(Callback):
@@ -154,20 +156,95 @@ def compare_tasks(dls, # `MTLDataLoaders` carrying both tasks (others are ignore
     return res
 
 # %% ../nbs/16_compare.ipynb #d2bf0291
-def plot_task_comparison(res:pd.DataFrame, figsize=None):
-    "Each metric of the target per configuration (left) and its difference to the target alone (right), with their intervals"
-    metrics = list(dict.fromkeys(res.index.get_level_values('metric')))
-    fig,axs = plt.subplots(len(metrics), 2, figsize=ifnone(figsize, (10, 1.2 + 1.3*len(metrics))), squeeze=False)
-    ci = res.attrs.get('ci', 0.95)
-    for (ax0,ax1),m in zip(axs, metrics):
-        r = res.loc[m]
-        y = np.arange(len(r))[::-1]
-        ax0.errorbar(r['value'], y, xerr=[r['value']-r['ci_low'], r['ci_high']-r['value']], fmt='o', capsize=3)
-        ax0.set_yticks(y); ax0.set_yticklabels(r.index, fontsize=8); ax0.set_xlabel(m)
-        ax1.errorbar(r['diff'], y, xerr=[r['diff']-r['diff_low'], r['diff_high']-r['diff']], fmt='o', capsize=3, color='C1')
-        ax1.axvline(0, color='grey', lw=0.8, ls='--')
-        ax1.set_yticks(y); ax1.set_yticklabels([]); ax1.set_xlabel(f'{m}: difference to {r.index[0]} ({ci:.0%} interval)')
-    n = len(res.attrs.get('seeds', [])) or ''
-    fig.suptitle(f"Does {res.attrs.get('helper', 'B')} help {res.attrs.get('target', 'A')}? ({n} seeds, paired bootstrap)", fontsize=10)
-    fig.tight_layout()
-    return fig
+def _fit(learn, epochs, lr, pretrained):
+    with learn.no_bar(), learn.no_logging():
+        if pretrained: learn.fine_tune(epochs, lr)
+        else: learn.fit_one_cycle(epochs, lr)
+
+class CountSteps(Callback):
+    "Count the optimiser steps taken (`n`), over every fit of the learner (`fine_tune` makes two)"
+    order,n = 95,0
+    def after_step(self): self.n += 1
+
+def _lower_is_better(name:str) -> bool: return any(name.endswith(s) for s in ('loss', 'mae', 'error'))
+
+def compare_tasks(dls, # `MTLDataLoaders` carrying both tasks (others are ignored)
+                  target:str, # task A, whose metrics are compared
+                  helper:str, # task B, which may help
+                  arch=None, # as for `mtl_learner` (default: fastai's `resnet18`); a module is copied for every run, all start from its weights
+                  seeds=3, # number of seeds (0, 1, ...) or a list of seeds
+                  epochs:int=5, lr:float=2e-3,
+                  pretrained:bool=None, # default: `mtl_learner`'s (True), trained with `fine_tune`; else `fit_one_cycle`
+                  test_dl=None, # where A is measured (default: the validation set)
+                  alone_budgets:tuple=None, # also A alone for these multiples of the steps (e.g. `(2, 4)`), the best budget on the validation set kept: what A alone can reach
+                  n_boot:int=2000, ci:float=0.95,
+                  plot:bool=True, # draw `plot_task_comparison`
+                  **kwargs # to `mtl_learner` (e.g. `decoder=`, `weighting=`, `normalize=`)
+                 ) -> pd.DataFrame:
+    "Should `target` be trained with `helper`? Against `target` alone for the same number of optimiser steps (the reference: equal compute), alone on the multi-task batches (equal exposure), with `helper`'s head but none of its labels (the control) and, with `alone_budgets`, alone for as long as it needs; each metric of `target` with paired bootstrap intervals over items and seeds"
+    seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    a,b = dls.tasks.index(target),dls.tasks.index(helper)
+    if a == b: raise ValueError('target and helper must be two different tasks')
+    A,B = dls.tasks[a],dls.tasks[b]
+    n_mtl = len(dls.train)   # batches per epoch of the multi-task run (its sampler's)
+    # name: (targets kept, tasks unlabelled, batches drawn only from A's rows per epoch or None: the DataLoaders' own)
+    configs = {f'{A.name} alone, same steps': ([a], [], n_mtl), f'{A.name} + {B.name}': ([a, b], [], None),
+               f'{A.name} alone, same batches': ([a], [], None), f'{A.name} + {B.name} head, no {B.name} labels': ([a, b], [B.name], None)}
+    budgets = sorted({1, *L(alone_budgets)}) if alone_budgets else []
+    runs = {**configs, **{f'_x{m:g}': ([a], [], max(1, round(m*n_mtl))) for m in budgets if m != 1}}
+    arch = ifnone(arch, resnet18)
+    pre = ifnone(pretrained, True)
+    stats,valid,exposure,steps = {c: {} for c in runs},{c: {} for c in runs},{c: [] for c in runs},{c: [] for c in runs}
+    for s in seeds:
+        for c,(keep,unlab,rows) in runs.items():
+            cbs = [KeepTasks(keep, unlab), SameRandomness(), CountSteps()]
+            if rows is not None: cbs.append(UseSampler(TaskRowsSampler(A.name, n=rows)))
+            set_seed(s, reproducible=True)
+            dls.train.rng = random.Random(s)
+            learn = mtl_learner(dls, arch if not isinstance(arch, nn.Module) else deepcopy(arch), tasks=[dls.tasks[i] for i in keep],
+                                pretrained=pre, cbs=cbs, **kwargs)
+            set_seed(s, reproducible=True)
+            dls.train.rng = random.Random(s)
+            _fit(learn, epochs, lr, pre)
+            steps[c].append(cbs[2].n)
+            for k,v in learn.item_stats(test_dl).items(): stats[c].setdefault(k, []).append(v)
+            if budgets and test_dl is not None:
+                for k,v in learn.item_stats().items(): valid[c].setdefault(k, []).append(v)
+            rec = first(learn.cbs, risinstance(TaskLossRecorder)).df
+            exposure[c].append({f'{A.name}_items': rec[f'{A.name}_items'].sum(), f'{A.name}_batches': rec[f'{A.name}_batches'].sum(),
+                                f'{B.name}_items': rec[f'{B.name}_items'].sum() if f'{B.name}_items' in rec else 0})
+            mets = {m.name: m for m in learn.metrics}
+    same = f'{A.name} alone, same steps'
+    if steps[same] != steps[f'{A.name} + {B.name}']:
+        raise RuntimeError(f'{same!r} took {steps[same]} optimiser steps per seed, the multi-task run {steps[f"{A.name} + {B.name}"]}')
+    first_metric = next(k for k in stats[f'{A.name} + {B.name}'] if k.startswith(f'{A.name}_'))
+    if budgets:   # A alone, as long as it needs: per seed, the budget with the best first metric of A on the validation set
+        best = f'{A.name} alone, best of x' + '/x'.join(f'{m:g}' for m in budgets) + ' steps'
+        cands = [same if m == 1 else f'_x{m:g}' for m in budgets]
+        sel = valid if test_dl is not None else stats
+        sel_vals = {m: [_value(mets[first_metric].value_of, sel[c][first_metric][j].sum(0)) for j in range(len(seeds))]
+                    for m,c in zip(budgets, cands)}
+        pick = []
+        for j in range(len(seeds)):
+            vals = [sel_vals[m][j] for m in budgets]
+            vals = [(-v if _lower_is_better(first_metric) else v) if not np.isnan(v) else -np.inf for v in vals]
+            pick.append(cands[int(np.argmax(vals))])
+        res_attrs = dict(alone_budgets=[budgets[cands.index(c)] for c in pick], alone_selection={first_metric: sel_vals})
+        stats[best] = {k: [stats[c][k][j] for j,c in enumerate(pick)] for k in stats[same]}
+        exposure[best] = [exposure[c][j] for j,c in enumerate(pick)]
+        steps[best] = [steps[c][j] for j,c in enumerate(pick)]
+    names = list(configs) + ([best] if budgets else [])
+    res = []
+    for k in stats[f'{A.name} + {B.name}']:
+        if not k.startswith(f'{A.name}_'): continue
+        tab = paired_bootstrap({c: stats[c][k] for c in names}, mets[k].value_of, n_boot=n_boot, ci=ci)
+        res.append(tab.assign(metric=k))
+    res = pd.concat(res).reset_index().set_index(['metric', 'config'])
+    exp = pd.DataFrame({c: pd.DataFrame(exposure[c]).mean() for c in names}).T
+    exp['steps'] = [np.mean(steps[c]) for c in names]
+    res = res.join(exp.rename_axis('config'), on='config')
+    res['seeds'] = len(seeds)
+    res.attrs.update(target=A.name, helper=B.name, seeds=seeds, epochs=epochs, lr=lr, ci=ci, n_boot=n_boot,
+                     steps={c: steps[c] for c in names}, **(res_attrs if budgets else {}))
+    if plot: plot_task_comparison(res)
+    return res

@@ -189,6 +189,9 @@ class Task:
     def to_source(self, act:Tensor, frame):
         "Activated prediction of one sample -> the result in the source image's coordinates (`frame`: `SourceFrame`)"
         raise NotImplementedError(f'{type(self).__name__} must define `to_source`')
+    def to_columns(self, res, **kwargs) -> dict:
+        "The result of `to_source` as columns of a submission table (`MTLLearner.submission_df`): `{column: value}`"
+        return {self.name: res}
     def show(self, o, ctx=None, pred=False, **kwargs):
         "Draw decoded target (or prediction if `pred`) `o` on the matplotlib axis `ctx`"
         return ctx

@@ -113,10 +113,10 @@ def check_test_items(items, path='.', fn_col:str=None):
 # %% ../nbs/09_data.ipynb #2b6ec9db
 def mtl_datablock(tasks:list, path='.', fn_col:str='fn', splitter=None, item_tfms=None, batch_tfms=None,
                   img_cls=PILImage) -> DataBlock:
-    "A fastai `DataBlock` yielding `(image, target_1, ..., target_n)` for `tasks`, reading a DataFrame row per image"
+    "A fastai `DataBlock` yielding `(image, target_1, ..., target_n)` for `tasks`, reading a DataFrame row per image (`RandomResizedCropGPU` made `box_aware`)"
     return DataBlock(blocks=(ImageBlock(img_cls), *[t.block for t in tasks]), n_inp=1,
                      getters=[ColGetter(fn_col, pref=path), *[t.getter(path) for t in tasks]],
-                     splitter=splitter, item_tfms=item_tfms, batch_tfms=batch_tfms)
+                     splitter=splitter, item_tfms=item_tfms, batch_tfms=None if batch_tfms is None else box_aware(batch_tfms))
 
 # %% ../nbs/09_data.ipynb #7afc12a4
 def shortcut_tasks(mask_col=None, codes=None, label_col=None, box_cols=None, code_map=None) -> list:

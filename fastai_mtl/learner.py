@@ -24,7 +24,7 @@ from .alternation import UseSampler, TaskRounds, alternation_callbacks
 
 # %% auto #0
 __all__ = ['MaskedMultiLoss', 'mtl_metrics', 'atomic_path', 'MirrorInputs', 'MTLTrainingError', 'TrainingGuard', 'TrackerGuard',
-           'WeightingEvents', 'MTLLearner', 'DeviceMixedPrecision', 'mtl_learner']
+           'WeightingEvents', 'MTLPrediction', 'MTLLearner', 'DeviceMixedPrecision', 'mtl_learner']
 
 # %% ../nbs/11_learner.ipynb #d3fefbff
 class MaskedMultiLoss:
@@ -164,13 +164,26 @@ class TrackerGuard(Callback):
         self.warned, self.saved = set(), {}
         if hasattr(self.learn, 'lr_finder') or hasattr(self.learn, 'gather_preds'): return
         names = [n for n in self.recorder.metric_names[1:] if n != 'time']
+        self._follow_primary(names)
         for cb in self._trackers():
             if cb.monitor not in names:
+                self._restore_records()   # a refused fit leaves `plot_loss` what the last one recorded
                 raise ValueError(f'{type(cb).__name__}: monitor={cb.monitor!r} is not a recorded value; choose one of {names}')
-            if isinstance(cb, SaveModelCallback): self.saved[id(cb)] = cb.last_saved_path
+            if isinstance(cb, SaveModelCallback): self.saved[id(cb)], cb.new_best = False, False   # improved in this fit?
+    def _follow_primary(self, names):
+        "Trackers left at fastai's default `monitor='valid_loss'` follow the primary task's first metric, when the learner has a primary"
+        m = getattr(self.learn, 'primary_metric', None)
+        if m is None or m not in names: return
+        for cb in self._trackers():
+            if cb.monitor != 'valid_loss' and not getattr(cb, '_follows_primary', False): continue
+            lower = any(m.endswith(s) for s in ('loss', 'mae', 'error'))
+            cb.monitor, cb._follows_primary, cb.best = m, True, None
+            cb.comp = np.less if lower else np.greater
+            cb.min_delta = -abs(cb.min_delta) if lower else abs(cb.min_delta)
     def after_epoch(self):
         names = list(self.recorder.metric_names[1:])
         for cb in self._trackers():
+            if id(cb) in self.saved: self.saved[id(cb)] |= bool(getattr(cb, 'new_best', False))   # (the previous epoch's)
             i = names.index(cb.monitor) if cb.monitor in names else None
             if i is None or i >= len(self.recorder.values[-1]): continue
             val = self.recorder.values[-1][i]
@@ -180,11 +193,17 @@ class TrackerGuard(Callback):
                          'for its task?): counted as no improvement')
                     self.warned.add(cb.monitor)
                 self.recorder.values[-1][i] = float('nan')   # fastai's trackers: NaN is never an improvement
+    def _restore_records(self):
+        r = self.recorder
+        if getattr(self, 'records', None): r.lrs, r.iters, r.losses, r.values, r.metric_names = self.records
     def after_fit(self):
         "A `SaveModelCallback` that saved nothing in this fit (no epoch improved) would load an older file, or none: keep the last model under its name"
+        r = self.recorder
+        if not (hasattr(self.learn, 'lr_finder') or hasattr(self.learn, 'gather_preds')):
+            self.records = (r.lrs, r.iters, r.losses, r.values, r.metric_names)   # (a new fit makes new lists)
         for cb in self._trackers():
             if not isinstance(cb, SaveModelCallback) or cb.every_epoch or cb.at_end or not getattr(cb, 'run', True): continue
-            if id(cb) not in self.saved or cb.last_saved_path != self.saved[id(cb)]: continue
+            if id(cb) not in self.saved or self.saved[id(cb)] or getattr(cb, 'new_best', False): continue
             if not cb.reset_on_fit and join_path_file(cb.fname, self.learn.path/self.learn.model_dir, ext='.pth').exists(): continue
             warn(f'SaveModelCallback: no epoch improved {cb.monitor}, so no model was saved in this fit: the model is the '
                  "last epoch's (saved as its file, which the callback reloads)")
@@ -218,6 +237,13 @@ class WeightingEvents(ColumnsCallback):
         w.backward(get_model(self.learn.model), scale, one_at_a_time=mixed)
         raise CancelBackwardException()
 
+class MTLPrediction(dict):
+    "What `MTLLearner.predict` returns: `{task name: result}`. Not fastai's `(pred, idx, probs)`: iterating it (and so unpacking it) is refused with a pointer; `keys()`, `items()`, `res[name]` work"
+    def __iter__(self):
+        raise TypeError(f"`learn.predict` of a multi-task learner gives one result per task ({', '.join(map(repr, dict.keys(self)))}), "
+                        "not fastai's `(pred, idx, probs)`: write `res = learn.predict(fn)`, then `label, probs = res['<a class task>']`, "
+                        "`res['<a mask task>']` (the mask at the photo's size), or `for task, r in res.items()`")
+
 class MTLLearner(Learner):
     "A `Learner` of a multi-task model: its `tasks` and `weighting`, `predict` in the source image's coordinates, checkpoints checked against the tasks"
     def __init__(self, *args, **kwargs):
@@ -226,6 +252,18 @@ class MTLLearner(Learner):
 
     @property
     def tasks(self) -> Tasks: return Tasks(self.loss_func.tasks) if hasattr(self.loss_func, 'tasks') else self.dls.tasks
+    @property
+    def primary(self) -> str:
+        "The task that matters most (`mtl_learner(primary=)`), or None: its first metric (`primary_metric`) is what trackers left at fastai's `monitor='valid_loss'` follow"
+        return getattr(self, '_primary', None)
+    @primary.setter
+    def primary(self, task): self._primary = None if task is None else self.tasks[self.tasks.index(task)].name
+    @property
+    def primary_metric(self) -> str:
+        "The name of the primary task's first metric (e.g. 'trimap_miou'); None without a primary"
+        if self.primary is None: return None
+        i = self.tasks.index(self.primary)
+        return self.tasks[i].metrics(i)[0].name
     @property
     def weighting(self) -> Weighting:
         "The loss weighting in use (the model's `weighting` slot)"
@@ -336,13 +374,37 @@ class MTLLearner(Learner):
         return tuple(res),targs
 
     def predict(self, item, rm_type_tfms=None, with_input=False):
-        "Predict every task for `item` (a file, an image): `{task name: result}` in the source image's coordinates"
+        "Predict every task for `item` (a file, an image): an `MTLPrediction`, `{task name: result}` in the source image's coordinates"
         dl = self.dls.test_dl([item], rm_type_tfms=rm_type_tfms, num_workers=0)
         inp, acts, _ = self.get_preds(dl=dl, with_input=True)
         src = dl.dataset[0][0]
         frame = source_frame(src, dl.after_item.fs)
-        res = {t.name: t.to_source(a[0], frame) for t,a in zip(self.tasks, acts)}
+        res = MTLPrediction({t.name: t.to_source(a[0], frame) for t,a in zip(self.tasks, acts)})
         return (src, res) if with_input else res
+
+    def submission_df(self, items=None, dl=None, order:str='F', id_col:str='id') -> pd.DataFrame:
+        "One row per image of `items` (files, images, or a DataFrame with the DataLoaders' `fn_col`) or of `dl`: each task's prediction in the source image's terms (`Task.to_columns`): a class and its probability, labels, values, a box in the photo's pixels, a mask as a run-length encoding per code (`rle_encode`, Kaggle's format; `order` 'F' or 'C')"
+        if dl is None:
+            if items is None: raise ValueError('pass `items` (files, images or a DataFrame) or `dl` (e.g. `learn.dls.test_dl(...)`)')
+            dl = self.dls.test_dl(items, num_workers=0)
+        acts, _ = self.get_preds(dl=dl)
+        fn_col = getattr(self.dls, 'fn_col', None)
+        rows = []
+        for i in range(len(dl.dataset)):
+            frame = source_frame(dl.dataset[i][0], dl.after_item.fs)
+            item = dl.items.iloc[i] if isinstance(dl.items, pd.DataFrame) else dl.items[i]
+            row = {id_col: item[fn_col] if isinstance(item, pd.Series) and fn_col in item else str(item) if isinstance(item, (str, Path)) else i}
+            for t,a in zip(self.tasks, acts): row.update(t.to_columns(t.to_source(a[i], frame), order=order))
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def to_fp16(self, **kwargs):
+        "fastai's `to_fp16` on a CUDA device; elsewhere (fp16 autocast is CUDA's) a warning pointing to `to_bf16`, the learner unchanged"
+        dev = torch.device(getattr(self.dls, 'device', None) or default_device())
+        if dev.type == 'cuda': return super().to_fp16(**kwargs)
+        warn(f'to_fp16: fp16 mixed precision needs a CUDA GPU; on {dev.type} fastai would train in fp32 without saying so. '
+             'Use `learn.to_bf16()` (bfloat16 autocast, on CPUs and recent GPUs), or train in fp32 as is (nothing changed)')
+        return self
 
     def to_bf16(self):
         "Train with bfloat16 autocast, on CUDA or CPU (fastai's own `to_bf16` only autocasts on CUDA)"
@@ -364,7 +426,9 @@ class MTLLearner(Learner):
 class DeviceMixedPrecision(MixedPrecision):
     "fastai's `MixedPrecision` autocasting on the DataLoaders' device type (so bf16 also works on CPU)"
     def before_fit(self):
-        super().before_fit()
+        with warnings.catch_warnings():   # fastai's `before_fit` makes a CUDA autocast, which torch disables, with a warning, on a CPU
+            warnings.filterwarnings('ignore', message='.*CUDA is not available.*')
+            super().before_fit()
         dev = getattr(self.dls, 'device', None) or default_device()
         dtype = torch.bfloat16 if self.amp_mode == AMPMode.BF16 else torch.float16
         self.autocast = torch.autocast(torch.device(dev).type, dtype=dtype)
@@ -378,6 +442,22 @@ def _writable(dls) -> Path:
     warn(f'{p} is read-only: models (`save`, `lr_find`, `SaveModelCallback`) go to {alt/"models"} (pass `path=` to choose)')
     return alt
 
+_noted = set()
+def _note_rare_tasks(dls, tasks):
+    "Say once (per task list and process) what the defaults measured when one task labels far fewer training images than another, and how to check on this data"
+    try: tm = dls.train.target_matrix
+    except Exception: return
+    if tm.ndim != 2 or not tm.shape[1] or tm.shape[0] != len(tasks) or len(tasks) < 2: return
+    share = tm.mean(1)
+    rare = [i for i,s in enumerate(share) if 0 < s < 0.25 and share.max() >= 2*s]
+    if not rare or tuple(tasks.names) in _noted: return
+    _noted.add(tuple(tasks.names))
+    r, c = tasks[rare[0]].name, tasks[int(share.argmax())].name
+    warn(f'{r!r} labels {share[rare[0]]:.0%} of the training images, {c!r} {share.max():.0%}. Measured on a pets subset at equal '
+         'compute (the same number of steps), the defaults (half of every batch for the rare task, equal weights) left the '
+         'rare task within about 0.01-0.02 of training it alone, and the common task on par or better; it may go either way '
+         f'on your data. Check it: `compare_tasks(dls, {r!r}, {c!r})` ("When does multi-task learning pay?" in the docs)')
+
 @delegates(Learner.__init__)
 def mtl_learner(dls, arch=resnet34, pretrained:bool=True, tasks:list=None, loss_func=None, metrics=None,
                 normalize:bool=True, n_in:int=3, cut=None,
@@ -390,6 +470,7 @@ def mtl_learner(dls, arch=resnet34, pretrained:bool=True, tasks:list=None, loss_
                 img_size=None, # size of the probe pass through the body (default: the DataLoaders' image size)
                 guard:bool=True, # stop at the first non-finite loss or gradient (`TrainingGuard`)
                 path=None, # where `models/` go (`save`, `lr_find`, `SaveModelCallback`): the data folder, if it is writable, else the working directory
+                primary:str=None, # the task that matters most: its first metric decides which model trackers keep (`SaveModelCallback`, `EarlyStoppingCallback` left at `monitor='valid_loss'`)
                 arch_kwargs:dict=None, head_kwargs:dict=None, splitter=None, cbs=None, **kwargs):
     "A `Learner` of an `MTLModel` (one head per task on a shared `arch` body), trained with `MaskedMultiLoss` weighted by `weighting`, with per-task metrics"
     tasks = Tasks(ifnone(tasks, getattr(dls, 'tasks', None) or dls.train.tasks))
@@ -410,6 +491,8 @@ def mtl_learner(dls, arch=resnet34, pretrained:bool=True, tasks:list=None, loss_
     learn = MTLLearner(dls, model, loss_func=loss_func, cbs=cbs, path=ifnone(path, _writable(dls)),
                        metrics=ifnone(metrics, mtl_metrics(tasks)), splitter=ifnone(splitter, mtl_splitter), **kwargs)
     if weighting is not None: learn.set_weighting(weighting)
+    learn.primary = primary
+    _note_rare_tasks(dls, tasks)
     if pretrained or weights is not None: learn.freeze()
     store_attr('arch,normalize,pretrained', self=learn)
     return learn

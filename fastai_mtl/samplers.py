@@ -12,7 +12,7 @@ from .core import *
 
 # %% auto #0
 __all__ = ['samplers', 'MTLSampler', 'PoolStream', 'ShuffleSampler', 'MixedSampler', 'TaskBatchSampler', 'TaskEpochSampler',
-           'BalancedSampler']
+           'BalancedSampler', 'TaskRowsSampler']
 
 # %% ../nbs/06a_samplers.ipynb #6716640c
 samplers = Registry('sampler')
@@ -140,7 +140,7 @@ class BalancedSampler(MTLSampler):
     "Mixed batches: every sample once per epoch, plus `ceil(min_share*bs)` reserved slots per batch for each rare task (labelled on fewer than `min_share` of the samples)"
     _repr_args = ('min_share', 'max_reserved')
     def __init__(self,
-                 min_share:float|dict=0.25, # share of every batch for each rare task; a dict by task name (others 0)
+                 min_share:float|dict=0.5, # share of every batch for each rare task; a dict by task name (others 0)
                  max_reserved:float=0.5): # at most this share of a batch is reserved, for all rare tasks together
         if not 0 <= max_reserved < 1: raise ValueError(f'max_reserved must be in [0, 1), got {max_reserved}')
         shares = list(min_share.values()) if isinstance(min_share, dict) else [min_share]
@@ -197,3 +197,26 @@ class BalancedSampler(MTLSampler):
             if i in seen and tries <= 2*pool_size: continue
             res.append(i); seen.add(i)
         return res
+
+# %% ../nbs/06a_samplers.ipynb #13381373
+@samplers.register('rows')
+class TaskRowsSampler(MTLSampler):
+    "Batches drawn only from the rows labelled for `task` (shuffled passes over them), `n` batches per epoch (default: one pass): a task trained alone on its own labels"
+    _repr_args = ('task', 'n')
+    def __init__(self,
+                 task:str|int=0, # the task (name or index) whose labelled rows are drawn
+                 n:int=None): # batches per epoch; None: one pass over the rows (at least one batch)
+        if n is not None and n < 1: raise ValueError(f'n must be at least 1, got {n}')
+        store_attr()
+    def _pool(self, dl) -> list:
+        i = self.task if isinstance(self.task, int) else _tasks(dl).index(self.task)
+        pool = np.flatnonzero(dl.target_matrix[i])
+        if not len(pool): raise MTLDataError(f'{self!r}: no training row is labelled for task {self.task!r}')
+        return [int(o) for o in pool]
+    def n_batches(self, dl):
+        return self.n if self.n is not None else max(1, _n_full(len(self._pool(dl)), dl.bs, dl.drop_last))
+    def get_idxs(self, dl):
+        pool, want, res = self._pool(dl), self.n_batches(dl)*dl.bs, []
+        while len(res) < want: res += dl.rng.sample(pool, len(pool))
+        self.batch_tasks = None
+        return res[:want]

@@ -122,6 +122,10 @@ class SegmentationTask(_ColTask):
         probs = F.grid_sample(act[None].float(), grid, mode='bilinear', align_corners=False)[0]
         outside = (grid[0].abs() > 1).any(-1)
         return TensorMTLMask(torch.where(outside, IGNORE_INDEX, probs.argmax(0)))
+    def to_columns(self, res, order:str='F', **kwargs) -> dict:
+        "A run-length encoding (`rle_encode`, Kaggle's format) of the mask `res` per code after the first (the background): `{name}_{code}`"
+        m = np.asarray(res)
+        return {f'{self.name}_{c}': rle_encode(m == i, order) for i,c in enumerate(self.codes) if i}
 
     @property
     def untinted(self) -> list:
@@ -226,6 +230,10 @@ class ClassificationTask(_ColTask):
     def to_source(self, act, frame=None):
         "`(label, probs)` from the probabilities `act` of one sample"
         return self.vocab[int(act.argmax())], act
+    def to_columns(self, res, **kwargs) -> dict:
+        "The label, and its probability (`{name}_prob`)"
+        label, probs = res
+        return {self.name: label, f'{self.name}_prob': float(probs.max())}
     def show(self, o, ctx=None, pred=False, **kwargs):
         return f'{self.name}: ' + ('missing' if o is None else str(o))
 
@@ -301,6 +309,9 @@ class BoxTask(_ColTask):
     def to_source(self, act, frame:SourceFrame):
         "The box `(x1, y1, x2, y2)` in the source image's pixel coordinates"
         return frame.to_source(act.float().view(2, 2)).view(4)
+    def to_columns(self, res, **kwargs) -> dict:
+        "The box in the source image's pixels: `{name}_x1`, `_y1`, `_x2`, `_y2`"
+        return {f'{self.name}_{k}': float(v) for k,v in zip(('x1', 'y1', 'x2', 'y2'), res)}
     def show(self, o, ctx=None, pred=False, color=None, **kwargs):
         b = tensor(o).view(-1, 4).float() if o is not None else None
         if b is None or b.isnan().any(): return f'{self.name}: missing'
@@ -364,6 +375,9 @@ class MultiLabelTask(_ColTask):
     def to_source(self, act, frame=None):
         "`(labels, probs)`: the labels whose probability exceeds `thresh`, and every class's probability"
         return [self.vocab[i] for i in torch.nonzero(act > self.thresh).flatten().tolist()], act
+    def to_columns(self, res, **kwargs) -> dict:
+        "The labels, joined by `label_delim`"
+        return {self.name: (self.label_delim or ' ').join(map(str, res[0]))}
     def show(self, o, ctx=None, pred=False, **kwargs):
         if o is None: return f'{self.name}: missing'
         return f"{self.name}: {', '.join(map(str, o)) if len(o) else 'none'}"
@@ -440,6 +454,9 @@ class RegressionTask(_ColTask):
         "The predicted value, or `{column: value}` for several"
         v = act.float().reshape(-1).tolist()
         return v[0] if len(v) == 1 else dict(zip(self.cols, v))
+    def to_columns(self, res, **kwargs) -> dict:
+        "The value (`{name}`), or one column per value"
+        return res if isinstance(res, dict) else {self.name: res}
     def show(self, o, ctx=None, pred=False, **kwargs):
         v = None if o is None else tensor(o).float().reshape(-1)
         if v is None or v.isnan().any(): return f'{self.name}: missing'

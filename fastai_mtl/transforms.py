@@ -11,7 +11,8 @@ from .core import *
 
 # %% auto #0
 __all__ = ['TensorMTLMask', 'MTLMask', 'MaskReader', 'LabelCategorize', 'BoxReader', 'TensorMultiLabel', 'MultiLabelEncode',
-           'ValuesReader', 'align_target', 'AlignTargets', 'ClipBoxes', 'ColGetter', 'SourceFrame', 'source_frame']
+           'ValuesReader', 'align_target', 'AlignTargets', 'ClipBoxes', 'BoxAwareResizedCrop', 'box_aware',
+           'rle_encode', 'rle_decode', 'ColGetter', 'SourceFrame', 'source_frame']
 
 # %% ../nbs/03_transforms.ipynb #96f7e9ad
 class TensorMTLMask(TensorMask):
@@ -229,6 +230,45 @@ class ClipBoxes(Transform):
         c = b.clamp(-1, 1)
         empty = ((c[..., 2] - c[..., 0]) <= 0) | ((c[..., 3] - c[..., 1]) <= 0)
         return TensorBBox(torch.where(empty[..., None], torch.full_like(c, MISSING_COORD), c), img_size=getattr(b, 'img_size', None))
+
+# %% ../nbs/03_transforms.ipynb #7d841a58
+class BoxAwareResizedCrop(RandomResizedCropGPU):
+    "fastai's `RandomResizedCropGPU`, with points and boxes (scaled coordinates) moved into the crop window instead of sliced as images"
+    def before_call(self, b, split_idx):
+        super().before_call(b, split_idx)
+        self.hw = fastuple((b[0] if isinstance(b, tuple) else b).shape[-2:])
+    def encodes(self, x:TensorPoint):
+        (h,w),(t,l),(ch,cw) = self.hw, self.tl, self.cp_size
+        p = x.view(*x.shape[:-1], -1, 2)   # boxes: two points each
+        lo = p.new_tensor([2*l/w - 1, 2*t/h - 1])
+        scale = p.new_tensor([w/cw, h/ch])
+        return x.new(((p - lo) * scale - 1).view_as(x))   # NaN (missing) stays NaN
+
+def box_aware(tfms) -> list:
+    "`tfms` with each `RandomResizedCropGPU` replaced by the same `BoxAwareResizedCrop` (the rest unchanged)"
+    def swap(t):
+        if type(t) is not RandomResizedCropGPU: return t
+        return BoxAwareResizedCrop(t.size, min_scale=t.min_scale, ratio=t.ratio, mode=t.mode, valid_scale=t.valid_scale,
+                                   max_scale=t.max_scale, mode_mask=t.mode_mask, p=t.p)
+    return [swap(t) for t in L(tfms)]
+
+# %% ../nbs/03_transforms.ipynb #af7e689d
+def rle_encode(mask, order:str='F') -> str:
+    "Run-length encoding of the true pixels of `mask` `(h, w)`: 'start length ...', 1-based, pixels numbered in `order` ('F': down the columns)"
+    px = np.concatenate([[0], np.asarray(mask, dtype=bool).flatten(order=order).astype(np.int8), [0]])
+    runs = np.flatnonzero(px[1:] != px[:-1]) + 1
+    runs[1::2] -= runs[::2]
+    return ' '.join(map(str, runs))
+
+def rle_decode(rle:str, shape, order:str='F') -> np.ndarray:
+    "The boolean mask `shape` `(h, w)` of the run-length encoding `rle` (`rle_encode`'s inverse)"
+    s = np.asarray(str(rle).split() if isinstance(rle, str) else [], dtype=np.int64)
+    if len(s) % 2: raise ValueError(f'a run-length encoding has pairs of numbers, got {len(s)} numbers')
+    m = np.zeros(shape[0]*shape[1], dtype=bool)
+    for a, n in zip(s[0::2] - 1, s[1::2]):
+        if a < 0 or a + n > len(m): raise ValueError(f'run ({a+1}, {n}) lies outside a {shape[0]}x{shape[1]} mask')
+        m[a:a+n] = True
+    return m.reshape(shape, order=order)
 
 # %% ../nbs/03_transforms.ipynb #29b9cff6
 class ColGetter(DisplayedTransform):

@@ -31,7 +31,7 @@ def fake_run(cfg, seed, right, wall, mem, trimaps=100):
     alt, w = cfg.split('+') if '+' in cfg else (None, None)
     acc = [[1., 1.] if k < right else [0., 1.] for k in range(10)]
     cms = [[10., 1., 1., 10.] if k < right else [5., 6., 6., 5.] for k in range(10)]
-    return dict(config=cfg, seed=seed, alternation=alt, weighting=w, trimap_miou=S._miou(np.sum(cms, 0)), breed_acc=right/10,
+    return dict(config=cfg, seed=seed, sampler=alt, weighting=w, trimap_miou=S._miou(np.sum(cms, 0)), breed_acc=right/10,
                 wall_s=wall, cpu_s=wall/2, peak_rss_mb=mem, train_mem_mb=mem/10, batches=90, steps=45 if alt == 'sum' else 90,
                 epochs=5, item_stats=dict(breed_acc=acc, trimap_miou=cms),
                 exposure=dict(trimap_items=trimaps, trimap_batches=30, breed_items=1400))
@@ -61,3 +61,39 @@ def test_compare_pets_parse():
     assert (a.size, a.epochs, a.seeds, a.mask_pct, a.breed_pct) == (64, 4, 3, 0.15, 1.0) and a.n_train is None
     q = C.parse(['--quick'])
     assert (q.size, q.bs, q.epochs, q.seeds, q.n_train, q.n_test) == (32, 4, 1, 2, 48, 24)
+
+# --- bench/mtl_pays.py ---------------------------------------------------------------------------------------------------
+def pays_run(setting, cfg, budget, seed, right, wall=10.):
+    "A made-up run of bench/mtl_pays.py: the breed right on the first `right` of 10 test images (trimap confusion matrices likewise)"
+    import mtl_pays as P
+    acc = [[1., 1.] if k < right else [0., 1.] for k in range(10)]
+    cms = [[10., 1., 1., 10.] if k < right else [5., 6., 6., 5.] for k in range(10)]
+    tasks = [t for t in ('trimap', 'breed') if cfg in ('mtl', f'alone-{t}') or cfg.startswith('mtl,')]
+    stats = {P.METRIC[t]: (cms if t == 'trimap' else acc) for t in tasks}
+    vals = {'trimap_miou': S._miou(np.sum(cms, 0)) if 'trimap' in tasks else None, 'breed_acc': right/10 if 'breed' in tasks else None}
+    return dict(setting=setting, config=cfg, budget=budget, seed=seed, wall_s=wall, steps=budget, head_iou=None,
+                exposure={f'{t}_items': budget*16 for t in tasks}, item_stats=stats, **vals)
+
+def test_mtl_pays_configs_and_summary(tmp_path):
+    import mtl_pays as P
+    assert P.parse_config('mtl') == ('mtl', {}) and P.parse_config('mtl,share=0.5,aux=2') == ('mtl', {'share': '0.5', 'aux': '2'})
+    for bad in ('mtl,nope=1', 'alone-trimap,share=0.5', 'both'):
+        with pytest.raises(ValueError): P.parse_config(bad)
+    with pytest.raises(SystemExit): P.parse(['--configs', 'mtl,nope=1'])
+    q = P.parse(['--quick'])
+    assert (q.size, q.budgets, q.seeds, q.settings) == (32, [2], [0], ['trimaps15'])
+    rows = []
+    for seed in (0, 1):
+        rows += [pays_run('trimaps15', 'alone-trimap', 50, seed, 4), pays_run('trimaps15', 'alone-trimap', 150, seed, 10),
+                 pays_run('trimaps15', 'alone-breed', 50, seed, 5), pays_run('trimaps15', 'alone-breed', 150, seed, 5),
+                 pays_run('trimaps15', 'mtl', 50, seed, 8, wall=15.), pays_run('trimaps15', 'mtl', 150, seed, 5, wall=15.)]
+    cmp = {(r['budget'], r['task']): r for r in P.compare(rows, 'mtl', n_boot=200)}
+    t50, b150 = cmp[(50, 'trimap')], cmp[(150, 'breed')]
+    assert t50['rare'] and t50['diff'] > 0 and t50['low'] > 0 and P.verdict(t50) == 'better'     # 8 right against 4, every seed
+    assert t50['best_budgets'] == [150, 150] and t50['best_alone'] > t50['mtl'] and t50['diff_best'] < 0   # alone at 150 is better still
+    assert cmp[(150, 'trimap')]['high'] < 0 and P.verdict(cmp[(150, 'trimap')]) == 'worse'
+    assert b150['diff'] == 0 and b150['low'] == b150['high'] == 0 and P.verdict(b150) == 'not worse'     # identical: paired
+    assert t50['wall_ratio'] == pytest.approx(1.5) and t50['exposure_alone'] == 800
+    res = P.summarise(rows, tmp_path/'pays.jsonl', n_boot=100)
+    md = (tmp_path/'pays.md').read_text()
+    assert '| trimaps15 | 50 | trimap (rare) |' in md and 'better' in md and len(res['default']) == 4

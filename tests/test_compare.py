@@ -42,10 +42,33 @@ def test_compare_tasks_same_batches_and_exact_control():
                         lr=1e-2, n_boot=100, plot=False)   # the box IoU: continuous, no ties by chance
     assert set(res.index.get_level_values('metric')) == {'box_iou'}
     r = res.loc['box_iou']
-    ctrl, alone, both = 'box + colour head, no colour labels', 'box alone', 'box + colour'
+    ctrl, alone, both, same = 'box + colour head, no colour labels', 'box alone, same batches', 'box + colour', 'box alone, same steps'
+    assert list(r.index) == [same, both, alone, ctrl]
     assert r.loc[ctrl, 'value'] == r.loc[alone, 'value']            # bit for bit: only B's labels differ
     assert r.loc[both, 'value'] != r.loc[alone, 'value']            # B's labels do change A here
-    assert r['box_items'].nunique() == 1 and r['box_batches'].nunique() == 1
+    assert r.loc[[both, alone, ctrl], 'box_items'].nunique() == 1 and r.loc[[both, alone, ctrl], 'box_batches'].nunique() == 1
     assert r.loc[ctrl, 'colour_items'] == 0 and r.loc[both, 'colour_items'] > 0
+    # equal compute: as many optimiser steps, every batch full of boxes (70% of the rows have one)
+    assert r['steps'].nunique() == 1 and res.attrs['steps'][same] == res.attrs['steps'][both] == [2*len(dls.train)]*2
+    assert r.loc[same, 'box_items'] == r.loc[same, 'box_batches'] * 16 > r.loc[both, 'box_items']
     assert res.attrs['seeds'] == [0, 3] and (res['seeds'] == 2).all()
     with pytest.raises(ValueError, match="unknown task 'nope'"): compare_tasks(dls, 'nope', 'colour', plot=False)
+
+def test_alone_as_long_as_it_needs_keeps_the_best_budget(monkeypatch):
+    "The best-of-budgets configuration keeps, per seed, the budget whose validation metric is best, and measures it on `test_dl`"
+    path, df = synth_shapes(64, size=32, seed=6, missing={'mask': 0.5})
+    dls = MTLDataLoaders.from_df(df, path, 'fn', [SegmentationTask('mask', SHAPE_CODES, decoder='light'), ClassificationTask('colour')],
+                                 valid_col='is_valid', bs=16, num_workers=0)
+    res = compare_tasks(dls, 'colour', 'mask', arch=demo_body(widths=(8, 16)), pretrained=False, seeds=[0, 1], epochs=1, n_boot=50,
+                        plot=False, alone_budgets=(3,), test_dl=dls.valid)
+    r = res.loc['colour_acc']
+    best, same = 'colour alone, best of x1/x3 steps', 'colour alone, same steps'
+    n = len(dls.train)
+    picked, sel = res.attrs['alone_budgets'], res.attrs['alone_selection']['colour_acc']
+    assert set(sel) == {1, 3} and len(picked) == 2
+    for j, m in enumerate(picked):
+        assert sel[m][j] == max(sel[1][j], sel[3][j])             # the budget with the better validation accuracy
+        assert res.attrs['steps'][best][j] == m * n               # ... and its steps
+    # measured on `test_dl` (here the validation set again): the mean over seeds of the kept runs
+    assert r.loc[best, 'value'] == pytest.approx(np.mean([sel[m][j] for j, m in enumerate(picked)]))
+    assert r.loc[same, 'value'] == pytest.approx(np.mean(sel[1]))

@@ -55,7 +55,7 @@ def test_relative_paths(synth, tmp_path, monkeypatch, where):
     for f in ('models/best.pth', 'models/m.pth', 'models/w.safetensors', 'm.pkl'): assert (tmp_path/'data'/f).is_file(), f
     assert not list((tmp_path/'data').rglob('.*tmp*'))
     loaded = load_learner(f'{rel}/m.pkl')
-    assert list(loaded.predict(f"{rel}/{df.fn[0]}")) == ['mask', 'colour', 'box']
+    assert list(loaded.predict(f"{rel}/{df.fn[0]}").keys()) == ['mask', 'colour', 'box']
 
 # --- 2. regression in standard units ------------------------------------------------------------------------------------
 def area_df(df, scale=30.):
@@ -159,7 +159,15 @@ def test_inference_refuses_deep_images_and_bad_arrays(synth, tmp_path):
     with pytest.raises(MTLDataError, match=r'1 NaN or infinite value'): learn.predict(a)
     with pytest.raises(MTLDataError, match=r'an array of float32 .* images are 8-bit'): learn.predict(np.nan_to_num(a))
     with pytest.raises(MTLDataError, match=r'1 NaN'): learn.predict(torch.tensor(a))
-    assert set(learn.predict(np.zeros((32, 32, 3), np.uint8))) == {'mask', 'colour', 'box'}
+    assert set(learn.predict(np.zeros((32, 32, 3), np.uint8)).keys()) == {'mask', 'colour', 'box'}
+
+def test_predict_is_not_unpacked_as_fastais(synth):
+    learn = learner(dls_of(*synth))
+    res = learn.predict(synth[0]/synth[1].fn[0])
+    with pytest.raises(TypeError, match=r"one result per task \('mask', 'colour', 'box'\), not fastai's `\(pred, idx, probs\)`"):
+        pred, idx, probs = res                                         # fastbook's first inference line
+    label, probs = res['colour']
+    assert label in learn.dls.tasks[1].vocab and dict(res).keys() == res.keys() and len(res) == 3
 
 # --- 12. small cases ----------------------------------------------------------------------------------------------------------
 def test_dwa_weights_fill_their_columns(synth):
@@ -231,3 +239,87 @@ def test_overflowing_gradient_norm_is_called_so(synth):
     with pytest.raises(MTLTrainingError, match=r'the gradients are finite but huge at epoch 0, batch 0 .*: their norm, .*e\+\d+, overflows float32'):
         fit(learn, 1, 1e-3)
     assert all(torch.equal(a, p) for a, p in zip(before, learn.model.parameters()))   # stopped before the step
+
+# --- issue 19: the primary task decides which model is kept; one note about a rare task ------------------------------------------
+def test_primary_task_drives_model_selection(synth, tmp_path):
+    from fastai.vision.all import EarlyStoppingCallback, Callback
+    path, df = synth
+    dls = dls_of(path, df)
+    with pytest.raises(ValueError, match="unknown task 'nope'"): learner(dls, primary='nope')
+    learn = learner(dls, primary='colour', path=tmp_path)
+    assert learn.primary == 'colour' and learn.primary_metric == 'colour_acc'
+    save, stop = SaveModelCallback(fname='best'), EarlyStoppingCallback(patience=10)
+    kept = []
+    class Note(Callback):
+        order = 99                                                     # after the tracker saved (or not) this epoch
+        def after_epoch(self): kept.append(save.best)
+    fit(learn, 4, 3e-3, cbs=[save, stop, Note()])
+    accs = [row[learn.recorder.metric_names[1:].index('colour_acc')] for row in learn.recorder.values]
+    assert save.monitor == stop.monitor == 'colour_acc' and save.comp == np.greater
+    assert kept == list(np.maximum.accumulate(accs))                    # the best colour accuracy so far, not the lowest loss
+    best = learner(dls, path=tmp_path).load('best')
+    assert best.validate()[learn.recorder.metric_names[1:].index('colour_acc') - 1] == pytest.approx(max(accs))   # (no train_loss)
+    plain = SaveModelCallback(fname='plain')
+    fit(learner(dls, path=tmp_path), 1, 1e-3, cbs=plain)
+    assert plain.monitor == 'valid_loss'                                # without a primary: fastai's default
+    mine = SaveModelCallback(monitor='mask_miou', fname='mine')
+    fit(learner(dls, primary='colour', path=tmp_path), 1, 1e-3, cbs=mine)
+    assert mine.monitor == 'mask_miou'                                  # a monitor chosen by the user stays
+
+def test_a_rare_task_is_noted_once(synth):
+    import warnings
+    from fastai_mtl import learner as L
+    path, df = synth
+    d = df.copy(); d.loc[d.index[~d.is_valid][6:], 'mask'] = None     # 6 training masks: rare
+    dls = dls_of(path, d)
+    L._noted.clear()
+    with pytest.warns(UserWarning, match=r"'mask' labels \d+% of the training images, '(colour|box)' .*compare_tasks\(dls, 'mask', "):
+        learner(dls)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always')
+        learner(dls)
+    assert not [x for x in w if 'compare_tasks' in str(x.message)]      # once
+    L._noted.clear()
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always')
+        learner(dls_of(*synth))
+    assert not [x for x in w if 'compare_tasks' in str(x.message)]      # nothing rare: nothing said
+
+# --- issue 22: mixed precision on a CPU, and records kept after a refused fit ------------------------------------------------------
+@pytest.mark.skipif(torch.cuda.is_available(), reason='the CPU message')
+def test_fp16_on_cpu_says_bf16_and_bf16_is_quiet(synth):
+    import warnings
+    learn = learner(dls_of(*synth))
+    n = len(learn.cbs)
+    with pytest.warns(UserWarning, match=r'to_fp16: fp16 mixed precision needs a CUDA GPU.*learn.to_bf16\(\)'): learn.to_fp16()
+    assert len(learn.cbs) == n                                         # nothing changed
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always')
+        fit(learn.to_bf16(), 1, 1e-3)
+    assert not [x for x in w if 'autocast' in str(x.message)], [str(x.message) for x in w]
+
+def test_refused_fit_keeps_the_last_records(synth):
+    learn = fit(learner(dls_of(*synth)), 2, 1e-3)
+    before = (list(learn.recorder.losses), list(learn.recorder.values), list(learn.recorder.metric_names))
+    with pytest.raises(ValueError, match="monitor='nope' is not a recorded value"):
+        fit(learn, 1, 1e-3, cbs=SaveModelCallback(monitor='nope'))
+    assert (learn.recorder.losses, learn.recorder.values, list(learn.recorder.metric_names)) == before and len(before[1]) == 2
+    learn.recorder.plot_loss()
+    import matplotlib.pyplot as plt; plt.close('all')
+
+def test_save_model_callback_when_no_epoch_improves(synth, tmp_path):
+    import warnings
+    path, df = synth
+    d = df.copy(); d.loc[d.is_valid, 'mask'] = None                  # no mask to measure: mask_miou never improves
+    with pytest.warns(UserWarning, match='no labelled sample in the validation set'): dls = dls_of(path, d)
+    learn = learner(dls, path=tmp_path)
+    with pytest.warns(UserWarning, match="no epoch improved mask_miou, so no model was saved in this fit: the model is the last epoch's"):
+        fit(learn, 1, 1e-3, cbs=SaveModelCallback(monitor='mask_miou', fname='best'))
+    saved = torch.load(tmp_path/'models'/'best.pth', weights_only=False)
+    assert all(torch.equal(saved[k].nan_to_num(-1), v.nan_to_num(-1)) for k, v in learn.model.state_dict().items() if k in saved)
+    cb = SaveModelCallback(fname='again')                             # fits that improve, into the same file: nothing said
+    fit(learn, 1, 1e-3, cbs=cb)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always')
+        fit(learn, 1, 1e-3, cbs=cb)
+    assert not [x for x in w if 'no epoch improved' in str(x.message)]

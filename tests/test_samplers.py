@@ -59,14 +59,14 @@ def test_task_batches_are_homogeneous_and_full(lab, bs, seed):
     for b,t in enumerate(smp.batch_tasks): assert lab[t, idxs[b*bs:(b+1)*bs]].all()
 
 def test_balanced_against_random_on_the_seed_question():
-    "3,000 masks among 33,000 images, bs 64: a quarter of every batch has a mask; the epoch grows, no image is dropped"
+    "3,000 masks among 33,000 images, bs 64: half of every batch has a mask; the epoch grows, no image is dropped"
     lab = np.ones((2, 33000), bool); lab[0, 3000:] = False
     dl = fake_dl(lab, 64, 0)
     smp = BalancedSampler()
-    assert smp.quotas(dl) == [16, 0] and smp.n_batches(dl) == 688 and ShuffleSampler().n_batches(dl) == 515
+    assert smp.quotas(dl) == [32, 0] and smp.n_batches(dl) == 1032 and ShuffleSampler().n_batches(dl) == 515
     idxs = np.array(smp.get_idxs(dl)).reshape(-1, 64)
     masks = lab[0, idxs].sum(1)
-    assert masks.min() >= 16 and abs(masks.mean() - (16 + 48*3000/33000)) < 1
+    assert masks.min() >= 32 and abs(masks.mean() - (32 + 32*3000/33000)) < 1
     assert len(np.unique(idxs)) == 33000
 
 def test_balanced_quotas_scaled_within_the_cap():
@@ -81,7 +81,7 @@ def test_balanced_quotas_scaled_within_the_cap():
 
 def test_one_vocabulary():
     "One registry of samplers; the old name 'mixed' (random batches as a sampler, balanced ones as an alternation) is a deprecated alias"
-    assert samplers.keys() == ['random', 'task', 'epoch', 'balanced']
+    assert samplers.keys() == ['random', 'task', 'epoch', 'balanced', 'rows']
     import warnings
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter('always')
