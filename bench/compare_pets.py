@@ -68,7 +68,7 @@ def main(argv=None):
                 n_test=int(df.is_valid.sum()), threads=a.threads, cpus=os.cpu_count(), total_s=round(time.time() - t0), quick=a.quick)
     lines = [f"compare_tasks on {meta['data']}: {meta['arch']}, {a.size} px, bs {a.bs}, fine_tune({a.epochs}, {a.lr}), "
              f"{a.seeds} seeds; {meta['n_train']} training images ({meta['n_masks']} with a trimap, all with a breed), "
-             f"{meta['n_test']} test images. Δ: difference to the target alone, 95% paired-bootstrap interval; "
+             f"{meta['n_test']} test images. Δ: difference to the target alone for the same number of steps, 95% paired-bootstrap interval; "
              f"total {meta['total_s']} s.", '']
     for q, rows in res.items():
         lines += [f'**{q}**', '', '| metric | configuration | value [95% CI] | Δ [95% CI] |', '| --- | --- | ---: | ---: |']

@@ -181,6 +181,12 @@ def _runs(rows) -> dict:
     for r in rows: res.setdefault((r['setting'], r['config'], r['budget']), {})[r['seed']] = r
     return res
 
+def _labelled(stats):
+    "The per-item statistics of the labelled items only, in order (a task alone sees only the measured images that carry it)"
+    import numpy as np
+    a = np.asarray(stats, dtype=np.float64)
+    return a[a[:, -1] > 0] if a.shape[1] == 2 else a[a.sum(1) > 0]
+
 def compare(rows, config='mtl', n_boot=2000, seed=0) -> list:
     """One row per setting, budget and task: `config` against the task alone at the same budget (paired bootstrap over
     the seeds both have and the measured images), against the task alone at its best budget, and the wall-time ratio"""
@@ -194,14 +200,14 @@ def compare(rows, config='mtl', n_boot=2000, seed=0) -> list:
                 if (s, alone, b) not in R: continue
                 seeds = sorted(set(R[(s, alone, b)]) & set(R[(s, config, b)]))
                 if not seeds: continue
-                st = {c: [np.array(R[(s, c, b)][sd]['item_stats'][k]) for sd in seeds] for c in (alone, config)}
+                st = {c: [_labelled(R[(s, c, b)][sd]['item_stats'][k]) for sd in seeds] for c in (alone, config)}
                 # alone, as long as it needs: per seed, the budget with the best test value among those run
                 budgets = sorted(bb for (ss, c, bb) in R if ss == s and c == alone and all(sd in R[(s, c, bb)] for sd in seeds))
                 best = []
                 for sd in seeds:
                     vals = {bb: R[(s, alone, bb)][sd][k] for bb in budgets}
                     best.append(max(vals, key=vals.get))
-                st['best'] = [np.array(R[(s, alone, bb)][sd]['item_stats'][k]) for sd, bb in zip(seeds, best)]
+                st['best'] = [_labelled(R[(s, alone, bb)][sd]['item_stats'][k]) for sd, bb in zip(seeds, best)]
                 with warnings.catch_warnings():
                     warnings.simplefilter('ignore')
                     t = paired_bootstrap(st, V[k], ref=alone, n_boot=n_boot, seed=seed)
@@ -217,7 +223,8 @@ def compare(rows, config='mtl', n_boot=2000, seed=0) -> list:
     return out
 
 def verdict(r) -> str:
-    return 'better' if r['low'] > 0 else 'worse' if r['high'] < 0 else 'not worse' if r['diff'] >= 0 else 'no clear difference'
+    "'better' / 'worse' when the interval excludes 0, else 'no clear difference' (the acceptance's \"not worse\": `high >= 0`)"
+    return 'better' if r['low'] > 0 else 'worse' if r['high'] < 0 else 'no clear difference'
 
 def table(cmp:list, title:str) -> str:
     f = lambda x: f'{x:+.3f}'
@@ -231,11 +238,25 @@ def table(cmp:list, title:str) -> str:
                      f"{r['exposure_alone']:.0f} / {r['exposure_mtl']:.0f} | x{r['wall_ratio']:.2f} |")
     return '\n'.join(lines)
 
-def summarise(rows, out:Path, n_boot=2000) -> dict:
-    "Write `mtl_pays.md` and `mtl_pays.json` beside `out`: the default against each task alone, then every other recipe tried"
-    head = compare(rows, 'mtl', n_boot)
+def timed(cmp:list, timing:list) -> list:
+    "`cmp` with `wall_ratio` from `timing` (runs made one at a time in one pool: the cost, side by side), where it has the setting"
+    import numpy as np
+    if not timing: return cmp
+    R = _runs(timing)
+    for r in cmp:
+        ks = [(r['setting'], c, b) for (s, c, b) in R if s == r['setting'] for c in [r['config']]]
+        both = [(k, (r['setting'], f"alone-{r['task']}", k[2])) for k in ks if (r['setting'], f"alone-{r['task']}", k[2]) in R]
+        if both:
+            (k, ka) = both[0]
+            r['wall_ratio'] = float(np.mean([x['wall_s'] for x in R[k].values()]) / np.mean([x['wall_s'] for x in R[ka].values()]))
+            r['wall_from'] = f'timing pass, budget {k[2]}'
+    return cmp
+
+def summarise(rows, out:Path, n_boot=2000, timing:list=None) -> dict:
+    "Write `mtl_pays.md` and `mtl_pays.json` beside `out`: the default against each task alone, then every other recipe tried; wall ratios from `timing` runs when given"
+    head = timed(compare(rows, 'mtl', n_boot), timing)
     tried = sorted({r['config'] for r in rows if r['config'].startswith('mtl,')})
-    others = {c: compare(rows, c, n_boot) for c in tried}
+    others = {c: timed(compare(rows, c, n_boot), timing) for c in tried}
     n = sorted({r['seed'] for r in rows})
     r0 = rows[0] if rows else {}
     md = [f"# Does multi-task learning pay at equal compute? (bench/mtl_pays.py)", '',
@@ -243,7 +264,8 @@ def summarise(rows, out:Path, n_boot=2000) -> dict:
           f"`fit_one_cycle` over a fixed number of steps, seeds {n}; Δ: multi-task minus the task alone, 95% paired bootstrap "
           "interval over the measured images and the seeds. \"Alone, best budget\": the task alone at whichever budget run "
           "was best on the test metric, per seed (optimistic for the baseline). Exposure: labelled items of the task seen in "
-          "training. Wall ratio: multi-task over alone, runs of the same pool (one CPU thread each).", '',
+          "training. Wall ratio: multi-task over alone" + (", from a separate timing pass (the runs of --timing: one at a time, "
+          "budget 150, seed 0, one CPU thread)" if timing else ", runs of the same pool (one CPU thread each)") + ".", '',
           table(head, 'The defaults (`mtl`: `BalancedSampler()`, equal weights)')]
     for c, cmp in others.items(): md += ['', table(cmp, f'`{c}`')]
     text = '\n'.join(md) + '\n'
@@ -266,6 +288,7 @@ def parse(argv=None):
     p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     p.add_argument('--out', type=Path, default=RESULTS/'mtl_pays.jsonl')
     p.add_argument('--summarise', action='store_true', help='only write the tables from --out')
+    p.add_argument('--timing', type=Path, help='a JSON Lines file of runs made one at a time (e.g. --budgets 150 --seeds 0 --workers 1): the wall ratios')
     p.add_argument('--quick', action='store_true', help='a tiny end-to-end check: 2 steps, 32 px, seed 0, one setting')
     a = p.parse_args(argv)
     if a.quick: a.size, a.budgets, a.seeds, a.settings = 32, [2], [0], a.settings[:1]
@@ -278,7 +301,8 @@ def main(argv=None):
     a = parse(argv)
     if a.summarise:
         rows = [json.loads(l) for l in a.out.read_text().splitlines()]
-        print(a.out.with_suffix('.md').name, 'written'); summarise(rows, a.out); return
+        timing = [json.loads(l) for l in a.timing.read_text().splitlines()] if a.timing else None
+        summarise(rows, a.out, timing=timing); print(a.out.with_suffix('.md').name, 'written'); return
     check_data(a.data)
     cache = Path(os.environ.get('TMPDIR', '/tmp'))/f'fastai_mtl_pets{a.size}'
     for s in a.settings: build_cache(a.data, experiment_df(a.data, SETTINGS[s]['pct']), cache, a.size)

@@ -92,8 +92,11 @@ def test_mtl_pays_configs_and_summary(tmp_path):
     assert t50['rare'] and t50['diff'] > 0 and t50['low'] > 0 and P.verdict(t50) == 'better'     # 8 right against 4, every seed
     assert t50['best_budgets'] == [150, 150] and t50['best_alone'] > t50['mtl'] and t50['diff_best'] < 0   # alone at 150 is better still
     assert cmp[(150, 'trimap')]['high'] < 0 and P.verdict(cmp[(150, 'trimap')]) == 'worse'
-    assert b150['diff'] == 0 and b150['low'] == b150['high'] == 0 and P.verdict(b150) == 'not worse'     # identical: paired
+    assert b150['diff'] == 0 and b150['low'] == b150['high'] == 0 and P.verdict(b150) == 'no clear difference'   # identical: paired
     assert t50['wall_ratio'] == pytest.approx(1.5) and t50['exposure_alone'] == 800
-    res = P.summarise(rows, tmp_path/'pays.jsonl', n_boot=100)
+    timing = [pays_run('trimaps15', 'alone-trimap', 150, 0, 5, wall=10.), pays_run('trimaps15', 'mtl', 150, 0, 5, wall=12.)]
+    res = P.summarise(rows, tmp_path/'pays.jsonl', n_boot=100, timing=timing)
     md = (tmp_path/'pays.md').read_text()
-    assert '| trimaps15 | 50 | trimap (rare) |' in md and 'better' in md and len(res['default']) == 4
+    assert '| trimaps15 | 50 | trimap (rare) |' in md and 'better' in md and len(res['default']) == 4 and 'timing pass' in md
+    by = {(r['budget'], r['task']): r for r in res['default']}
+    assert by[(50, 'trimap')]['wall_ratio'] == pytest.approx(1.2) and by[(50, 'breed')]['wall_ratio'] == pytest.approx(1.5)  # no breed timing: the pool's

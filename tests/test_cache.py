@@ -120,7 +120,7 @@ def test_learn_export_and_test_dl(data, tmp_path):
     assert dls.test_dl(df.iloc[:3]).cache is None                      # other items: decoded, never read from the cache
     learn.export('m.pkl')
     res = load_learner(tmp_path/'m.pkl').predict(path/df.fn[0])
-    assert set(res) == {'mask', 'shape', 'colour', 'box'}
+    assert set(res.keys()) == {'mask', 'shape', 'colour', 'box'}
 
 def _rebuilt(fn):
     "`fn()`, and whether it warned that a store was rebuilt"

@@ -196,7 +196,7 @@ def test_fine_tune_predict_export(synth, tmp_path):
     assert _finite(learn)
     fn = path/df.fn.iloc[0]
     pred = learn.predict(fn)
-    assert set(pred) == {'mask', 'colour', 'box'} and pred['mask'].shape == (32, 32)
+    assert set(pred.keys()) == {'mask', 'colour', 'box'} and pred['mask'].shape == (32, 32)
     learn.export(tmp_path/'cs.pkl')
     learn2 = load_learner(tmp_path/'cs.pkl')
     p2 = learn2.predict(fn)

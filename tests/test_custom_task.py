@@ -83,7 +83,7 @@ def test_own_task_end_to_end(tmp_path):
     assert vals['size_mae'] < 0.75*learn.baseline()['size_mae'], (vals, learn.baseline())
     fn = path/df.fn[df.is_valid].iloc[0]
     res = learn.predict(fn)
-    assert res['size'] in LEVELS and set(res) == {'size', 'colour'}
+    assert res['size'] in LEVELS and set(res.keys()) == {'size', 'colour'}
     learn.export(tmp_path/'m.pkl')
     assert load_learner(tmp_path/'m.pkl').predict(fn)['size'] == res['size']
     samples = dls.valid.show_batch(max_n=2, show=False)

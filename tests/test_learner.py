@@ -352,7 +352,7 @@ def test_predict_in_source_coordinates(rects, method):
     fn = path/row.fn
     # the real model: shapes and types at the source size
     res = learn.predict(fn)
-    assert list(res) == ['mask', 'colour', 'box']
+    assert list(res.keys()) == ['mask', 'colour', 'box']
     assert res['mask'].shape == (H, W) and res['mask'].dtype == torch.long
     lbl, probs = res['colour']
     assert lbl in COLOURS and probs.shape == (3,) and math.isclose(probs.sum().item(), 1, rel_tol=1e-5)
