@@ -4,10 +4,11 @@
 - `trimaps15`: trimaps kept on 15% of the training images, breeds on all (the forum user's 3,000 masks and 33,000 labels);
 - `breeds30`: breed labels kept on 30% of the training images, trimaps on all.
 
-In each: the scarce task alone at equal exposure (`seg-only=exposure` / `breed-only=exposure`: as many labelled items
-of it as the multi-task run saw), plain multi-task (`balanced+equal`, the reference) and multi-task with `PseudoLabel()`
-at its defaults (`balanced+equal+pseudo`): the same batches of labelled items, plus pseudo-targets for the items that
-miss one. Several seeds; differences to `balanced+equal` with paired bootstrap intervals over the test images and the
+In each: the scarce task alone for the same number of steps (`seg-only` / `breed-only`: equal compute, the comparison
+that comes first), the scarce task alone at equal exposure (`seg-only=exposure` / `breed-only=exposure`: as many
+labelled items of it as the multi-task run saw), plain multi-task (`balanced+equal`, the reference) and multi-task with
+`PseudoLabel()` at its defaults (`balanced+equal+pseudo`): the same batches of labelled items, plus pseudo-targets for
+the items that miss one. Several seeds; differences to `balanced+equal` with paired bootstrap intervals over the test images and the
 seeds (`fastai_mtl.compare.paired_bootstrap`); cost: wall time and peak memory as ratios of the medians over seeds.
 
 Writes `pseudo_trimaps15.{json,md}`, `pseudo_breeds30.{json,md}` (each run's table) and `pseudo.md` (both, with the
@@ -27,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import strategies as S  # noqa: E402
 from common import RESULTS  # noqa: E402
 
-SETTINGS = {'trimaps15': dict(mask_pct=0.15, breed_pct=1.0, configs=['balanced+equal', 'balanced+equal+pseudo', 'seg-only=exposure']),
-            'breeds30': dict(mask_pct=1.0, breed_pct=0.3, configs=['balanced+equal', 'balanced+equal+pseudo', 'breed-only=exposure'])}
+SETTINGS = {'trimaps15': dict(mask_pct=0.15, breed_pct=1.0, configs=['balanced+equal', 'balanced+equal+pseudo', 'seg-only', 'seg-only=exposure']),
+            'breeds30': dict(mask_pct=1.0, breed_pct=0.3, configs=['balanced+equal', 'balanced+equal+pseudo', 'breed-only', 'breed-only=exposure'])}
 
 VARIANTS = {'default': {}, 'weight0.3': dict(weight=0.3), 'start0.5': dict(start=0.5),
             'thresholds0.98': dict(thresholds={'trimap': 0.98, 'breed': 0.98}), 'decay0.999': dict(decay=0.999),

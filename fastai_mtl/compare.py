@@ -15,7 +15,7 @@ from .samplers import TaskRowsSampler
 from .alternation import UseSampler
 
 # %% auto #0
-__all__ = ['ItemStats', 'paired_bootstrap', 'KeepTasks', 'SameRandomness', 'compare_tasks', 'CountSteps']
+__all__ = ['ItemStats', 'paired_bootstrap', 'KeepTasks', 'SameRandomness', 'CountSteps', 'compare_tasks', 'plot_task_comparison']
 
 # %% ../nbs/16_compare.ipynb #8abd5119
 class ItemStats(Callback):
@@ -99,63 +99,6 @@ class SameRandomness(Callback):
         if c is not None: torch.cuda.set_rng_state_all(c)
 
 # %% ../nbs/16_compare.ipynb #d6b4c4e1
-def _fit(learn, epochs, lr, pretrained):
-    with learn.no_bar(), learn.no_logging():
-        if pretrained: learn.fine_tune(epochs, lr)
-        else: learn.fit_one_cycle(epochs, lr)
-
-
-def compare_tasks(dls, # `MTLDataLoaders` carrying both tasks (others are ignored)
-                  target:str, # task A, whose metrics are compared
-                  helper:str, # task B, which may help
-                  arch=None, # as for `mtl_learner` (default: fastai's `resnet18`); a module is copied for every run, all start from its weights
-                  seeds=3, # number of seeds (0, 1, ...) or a list of seeds
-                  epochs:int=5, lr:float=2e-3,
-                  pretrained:bool=None, # default: `mtl_learner`'s (True), trained with `fine_tune`; else `fit_one_cycle`
-                  test_dl=None, # where A is measured (default: the validation set)
-                  n_boot:int=2000, ci:float=0.95,
-                  plot:bool=True, # draw `plot_task_comparison`
-                  **kwargs # to `mtl_learner` (e.g. `decoder=`, `weighting=`, `normalize=`)
-                 ) -> pd.DataFrame:
-    "Train `target` alone, with `helper`, and with `helper`'s head but none of its labels, on the same batches, over `seeds`: each metric of `target` with paired bootstrap intervals"
-    seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
-    a,b = dls.tasks.index(target),dls.tasks.index(helper)
-    if a == b: raise ValueError('target and helper must be two different tasks')
-    A,B = dls.tasks[a],dls.tasks[b]
-    configs = {f'{A.name} alone': ([a], []), f'{A.name} + {B.name}': ([a, b], []),
-               f'{A.name} + {B.name} head, no {B.name} labels': ([a, b], [B.name])}
-    arch = ifnone(arch, resnet18)
-    pre = ifnone(pretrained, True)
-    stats,exposure = {c: {} for c in configs},{c: [] for c in configs}
-    for s in seeds:
-        for c,(keep,unlab) in configs.items():
-            set_seed(s, reproducible=True)
-            dls.train.rng = random.Random(s)
-            learn = mtl_learner(dls, arch if not isinstance(arch, nn.Module) else deepcopy(arch), tasks=[dls.tasks[i] for i in keep],
-                                pretrained=pretrained if pretrained is not None else True,
-                                cbs=[KeepTasks(keep, unlab), SameRandomness()], **kwargs)
-            set_seed(s, reproducible=True)
-            dls.train.rng = random.Random(s)
-            _fit(learn, epochs, lr, pre)
-            for k,v in learn.item_stats(test_dl).items(): stats[c].setdefault(k, []).append(v)
-            rec = first(learn.cbs, risinstance(TaskLossRecorder)).df
-            exposure[c].append({f'{A.name}_items': rec[f'{A.name}_items'].sum(), f'{A.name}_batches': rec[f'{A.name}_batches'].sum(),
-                                f'{B.name}_items': rec[f'{B.name}_items'].sum() if f'{B.name}_items' in rec else 0})
-            mets = {m.name: m for m in learn.metrics}
-    res = []
-    for k in stats[f'{A.name} + {B.name}']:
-        if not k.startswith(f'{A.name}_'): continue
-        tab = paired_bootstrap({c: stats[c][k] for c in configs}, mets[k].value_of, n_boot=n_boot, ci=ci)
-        res.append(tab.assign(metric=k))
-    res = pd.concat(res).reset_index().set_index(['metric', 'config'])
-    exp = pd.DataFrame({c: pd.DataFrame(v).mean() for c,v in exposure.items()}).T
-    res = res.join(exp.rename_axis('config'), on='config')
-    res['seeds'] = len(seeds)
-    res.attrs.update(target=A.name, helper=B.name, seeds=seeds, epochs=epochs, lr=lr, ci=ci, n_boot=n_boot)
-    if plot: plot_task_comparison(res)
-    return res
-
-# %% ../nbs/16_compare.ipynb #d2bf0291
 def _fit(learn, epochs, lr, pretrained):
     with learn.no_bar(), learn.no_logging():
         if pretrained: learn.fine_tune(epochs, lr)
@@ -248,3 +191,22 @@ def compare_tasks(dls, # `MTLDataLoaders` carrying both tasks (others are ignore
                      steps={c: steps[c] for c in names}, **(res_attrs if budgets else {}))
     if plot: plot_task_comparison(res)
     return res
+
+# %% ../nbs/16_compare.ipynb #d2bf0291
+def plot_task_comparison(res:pd.DataFrame, figsize=None):
+    "Each metric of the target per configuration (left) and its difference to the target alone (right), with their intervals"
+    metrics = list(dict.fromkeys(res.index.get_level_values('metric')))
+    fig,axs = plt.subplots(len(metrics), 2, figsize=ifnone(figsize, (10, 1.2 + 1.3*len(metrics))), squeeze=False)
+    ci = res.attrs.get('ci', 0.95)
+    for (ax0,ax1),m in zip(axs, metrics):
+        r = res.loc[m]
+        y = np.arange(len(r))[::-1]
+        ax0.errorbar(r['value'], y, xerr=[r['value']-r['ci_low'], r['ci_high']-r['value']], fmt='o', capsize=3)
+        ax0.set_yticks(y); ax0.set_yticklabels(r.index, fontsize=8); ax0.set_xlabel(m)
+        ax1.errorbar(r['diff'], y, xerr=[r['diff']-r['diff_low'], r['diff_high']-r['diff']], fmt='o', capsize=3, color='C1')
+        ax1.axvline(0, color='grey', lw=0.8, ls='--')
+        ax1.set_yticks(y); ax1.set_yticklabels([]); ax1.set_xlabel(f'{m}: difference to {r.index[0]} ({ci:.0%} interval)')
+    n = len(res.attrs.get('seeds', [])) or ''
+    fig.suptitle(f"Does {res.attrs.get('helper', 'B')} help {res.attrs.get('target', 'A')}? ({n} seeds, paired bootstrap)", fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -1,7 +1,8 @@
 "compare_tasks and paired_bootstrap: intervals computed by hand (items and seeds resampled), the control reproducing A alone bit for bit, equal exposure."
 import numpy as np, pandas as pd, pytest, torch
+import matplotlib.pyplot as plt
 from fastai.vision.all import set_seed
-from fastai_mtl.compare import paired_bootstrap, compare_tasks
+from fastai_mtl.compare import paired_bootstrap, compare_tasks, plot_task_comparison
 from fastai_mtl.synth import synth_shapes, SHAPE_CODES
 from fastai_mtl.tasks import SegmentationTask, ClassificationTask, BoxTask
 from fastai_mtl.data import MTLDataLoaders
@@ -52,6 +53,9 @@ def test_compare_tasks_same_batches_and_exact_control():
     assert r['steps'].nunique() == 1 and res.attrs['steps'][same] == res.attrs['steps'][both] == [2*len(dls.train)]*2
     assert r.loc[same, 'box_items'] == r.loc[same, 'box_batches'] * 16 > r.loc[both, 'box_items']
     assert res.attrs['seeds'] == [0, 3] and (res['seeds'] == 2).all()
+    fig = plot_task_comparison(res)                                  # what `plot=True` (the default) draws
+    assert [a.get_xlabel() for a in fig.axes][:2] == ['box_iou', 'box_iou: difference to box alone, same steps (95% interval)']
+    plt.close(fig)
     with pytest.raises(ValueError, match="unknown task 'nope'"): compare_tasks(dls, 'nope', 'colour', plot=False)
 
 def test_alone_as_long_as_it_needs_keeps_the_best_budget(monkeypatch):

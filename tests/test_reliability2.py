@@ -279,6 +279,13 @@ def test_a_rare_task_is_noted_once(synth):
         warnings.simplefilter('always')
         learner(dls)
     assert not [x for x in w if 'compare_tasks' in str(x.message)]      # once
+    L._noted.clear()                                                     # the learner's own tasks, in its order, named right
+    with pytest.warns(UserWarning, match=r"'mask' labels \d+% of the training images, 'colour' .*compare_tasks\(dls, 'mask', 'colour'\)"):
+        learner(dls, tasks=[dls.tasks['colour'], dls.tasks['mask']])
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always')
+        learner(dls, tasks=[dls.tasks['mask'], dls.tasks['colour']])
+    assert not [x for x in w if 'compare_tasks' in str(x.message)]      # the same tasks in another order: said already
     L._noted.clear()
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter('always')

@@ -22,6 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT/'_proc'/'mkdocs'
 EXTRA = [Path(__file__).with_name(f) for f in ('docs_extra.css', 'docs_extra.js')]  # see mkdocs.yml
 _re_ansi = re.compile(r'\x1B(?:[@-Z\\-_]|\[[0-?]*[ -/]*[@-~])')
+# Python's warning lines, `/where/it/ran/module.py:12: UserWarning: msg` then the indented source line: a reader needs
+# the category and the message, not the machine's path
+_re_warn = re.compile(r'^[^\n]*?\.py:\d+: (\w*Warning): (.*?)\n(?:[ \t]+[^\n]*\n?)?', re.M | re.S)
 
 # ----------------------------------------------------------------------------------------------------------------
 # nbdev: configuration, doc links, notebook processing
@@ -235,6 +238,7 @@ class PageWriter:
         typ = o.get('output_type')
         if typ == 'stream':
             txt = _re_ansi.sub('', _text(o.get('text')))
+            if o.get('name') == 'stderr': txt = _re_warn.sub(r'\1: \2\n', txt)
             if not txt.strip(): return ''
             return fence(txt, 'text', '.nb-output' + (' .nb-stderr' if o.get('name') == 'stderr' else ''))
         if typ == 'error':
