@@ -235,21 +235,20 @@ def table(cmp:list, title:str) -> str:
         lines.append(f"| {r['setting']} | {r['budget']} | {r['task']}{' (rare)' if r['rare'] else ''} | {r['alone']:.3f} | {r['mtl']:.3f} | "
                      f"{f(r['diff'])} [{f(r['low'])}, {f(r['high'])}] | {verdict(r)} | {r['best_alone']:.3f} (at {'/'.join(map(str, r['best_budgets']))}) | "
                      f"{f(r['diff_best'])} [{f(r['low_best'])}, {f(r['high_best'])}] | "
-                     f"{r['exposure_alone']:.0f} / {r['exposure_mtl']:.0f} | x{r['wall_ratio']:.2f} |")
+                     f"{r['exposure_alone']:.0f} / {r['exposure_mtl']:.0f} | x{r['wall_ratio']:.2f}{'*' if r.get('wall_from') == 'pool' else ''} |")
     return '\n'.join(lines)
 
 def timed(cmp:list, timing:list) -> list:
-    "`cmp` with `wall_ratio` from `timing` (runs made one at a time in one pool: the cost, side by side), where it has the setting"
+    "`cmp` with `wall_ratio` from `timing` (runs made one at a time: the cost, side by side) for the recipes it ran; the others keep the pool's, marked `wall_from='pool'`"
     import numpy as np
     if not timing: return cmp
     R = _runs(timing)
     for r in cmp:
-        ks = [(r['setting'], c, b) for (s, c, b) in R if s == r['setting'] for c in [r['config']]]
-        both = [(k, (r['setting'], f"alone-{r['task']}", k[2])) for k in ks if (r['setting'], f"alone-{r['task']}", k[2]) in R]
-        if both:
-            (k, ka) = both[0]
-            r['wall_ratio'] = float(np.mean([x['wall_s'] for x in R[k].values()]) / np.mean([x['wall_s'] for x in R[ka].values()]))
-            r['wall_from'] = f'timing pass, budget {k[2]}'
+        alone = lambda k: (k[0], f"alone-{r['task']}", k[2])
+        k = next((k for k in R if k[:2] == (r['setting'], r['config']) and alone(k) in R), None)
+        if k is None: r['wall_from'] = 'pool'; continue
+        r['wall_ratio'] = float(np.mean([x['wall_s'] for x in R[k].values()]) / np.mean([x['wall_s'] for x in R[alone(k)].values()]))
+        r['wall_from'] = f'timing pass, budget {k[2]}'
     return cmp
 
 def summarise(rows, out:Path, n_boot=2000, timing:list=None) -> dict:
@@ -265,7 +264,8 @@ def summarise(rows, out:Path, n_boot=2000, timing:list=None) -> dict:
           "interval over the measured images and the seeds. \"Alone, best budget\": the task alone at whichever budget run "
           "was best on the test metric, per seed (optimistic for the baseline). Exposure: labelled items of the task seen in "
           "training. Wall ratio: multi-task over alone" + (", from a separate timing pass (the runs of --timing: one at a time, "
-          "budget 150, seed 0, one CPU thread)" if timing else ", runs of the same pool (one CPU thread each)") + ".", '',
+          "budget 150, seed 0, one CPU thread) for the recipes it ran; * marks a ratio of runs of the same pool (two at once: "
+          "noisy)" if timing else ", runs of the same pool (one CPU thread each)") + ".", '',
           table(head, 'The defaults (`mtl`: `BalancedSampler()`, equal weights)')]
     for c, cmp in others.items(): md += ['', table(cmp, f'`{c}`')]
     text = '\n'.join(md) + '\n'

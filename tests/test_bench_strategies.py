@@ -86,7 +86,8 @@ def test_mtl_pays_configs_and_summary(tmp_path):
     for seed in (0, 1):
         rows += [pays_run('trimaps15', 'alone-trimap', 50, seed, 4), pays_run('trimaps15', 'alone-trimap', 150, seed, 10),
                  pays_run('trimaps15', 'alone-breed', 50, seed, 5), pays_run('trimaps15', 'alone-breed', 150, seed, 5),
-                 pays_run('trimaps15', 'mtl', 50, seed, 8, wall=15.), pays_run('trimaps15', 'mtl', 150, seed, 5, wall=15.)]
+                 pays_run('trimaps15', 'mtl', 50, seed, 8, wall=15.), pays_run('trimaps15', 'mtl', 150, seed, 5, wall=15.),
+                 pays_run('trimaps15', 'mtl,share=0.25', 150, seed, 6, wall=20.)]   # a recipe tried, not in the timing pass
     cmp = {(r['budget'], r['task']): r for r in P.compare(rows, 'mtl', n_boot=200)}
     t50, b150 = cmp[(50, 'trimap')], cmp[(150, 'breed')]
     assert t50['rare'] and t50['diff'] > 0 and t50['low'] > 0 and P.verdict(t50) == 'better'     # 8 right against 4, every seed
@@ -100,3 +101,7 @@ def test_mtl_pays_configs_and_summary(tmp_path):
     assert '| trimaps15 | 50 | trimap (rare) |' in md and 'better' in md and len(res['default']) == 4 and 'timing pass' in md
     by = {(r['budget'], r['task']): r for r in res['default']}
     assert by[(50, 'trimap')]['wall_ratio'] == pytest.approx(1.2) and by[(50, 'breed')]['wall_ratio'] == pytest.approx(1.5)  # no breed timing: the pool's
+    assert by[(50, 'trimap')]['wall_from'] == 'timing pass, budget 150' and by[(50, 'breed')]['wall_from'] == 'pool'
+    tried = {(r['budget'], r['task']): r for r in res['tried']['mtl,share=0.25']}
+    assert tried[(150, 'trimap')]['wall_from'] == 'pool' and tried[(150, 'trimap')]['wall_ratio'] == pytest.approx(2.)   # 20 s / 10 s
+    assert '| x2.00* |' in md
