@@ -10,6 +10,7 @@ from fastai.vision.all import *
 from .core import *
 from .metrics import TaskLoss
 from .learner import *
+from .learner import _lower_is_better
 from .recorder import TaskLossRecorder
 from .samplers import TaskRowsSampler
 from .alternation import UseSampler
@@ -109,7 +110,6 @@ class CountSteps(Callback):
     order,n = 95,0
     def after_step(self): self.n += 1
 
-def _lower_is_better(name:str) -> bool: return any(name.endswith(s) for s in ('loss', 'mae', 'error'))
 
 def compare_tasks(dls, # `MTLDataLoaders` carrying both tasks (others are ignored)
                   target:str, # task A, whose metrics are compared

@@ -156,6 +156,8 @@ class TrainingGuard(Callback):
                                'the root of 0; `mtl_learner(guard=False)` turns this check off')
 
 # %% ../nbs/11_learner.ipynb #62e26690
+def _lower_is_better(name:str) -> bool: return any(name.endswith(s) for s in ('loss', 'mae', 'error'))   # a metric's direction
+
 class TrackerGuard(Callback):
     "What fastai's trackers (`SaveModelCallback`, `EarlyStoppingCallback`...) need on a multi-task learner: a `monitor` that is recorded, a per-task metric without a value (no labelled validation item) counted as no improvement, a best model even when no epoch improved"
     order = (Recorder.order + TrackerCallback.order) // 2   # after the recorder has the epoch's values, before the trackers read them
@@ -176,7 +178,7 @@ class TrackerGuard(Callback):
         if m is None or m not in names: return
         for cb in self._trackers():
             if cb.monitor != 'valid_loss' and not getattr(cb, '_follows_primary', False): continue
-            lower = any(m.endswith(s) for s in ('loss', 'mae', 'error'))
+            lower = _lower_is_better(m)
             cb.monitor, cb._follows_primary, cb.best = m, True, None
             cb.comp = np.less if lower else np.greater
             cb.min_delta = -abs(cb.min_delta) if lower else abs(cb.min_delta)

@@ -25,6 +25,21 @@ def conv_body(n_in:int=3, widths=(8, 16, 32), classifier:bool=False):
     if classifier: layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(ni, 10)]
     return nn.Sequential(*layers)
 
+def quiet_learner(dls, **kw):
+    "A tiny demo-body learner, seed 0, without a progress bar (the reliability tests' learner)"
+    from fastai.vision.all import set_seed, ProgressCallback
+    from fastai_mtl.learner import mtl_learner
+    from fastai_mtl.demo import demo_body
+    set_seed(0)
+    learn = mtl_learner(dls, demo_body(widths=(8, 16)), pretrained=False, **kw)
+    learn.remove_cb(ProgressCallback)
+    return learn
+
+def quiet_fit(learn, *a, **kw):
+    "`learn.fit` without the progress table; returns `learn`"
+    with learn.no_logging(): learn.fit(*a, **kw)
+    return learn
+
 @pytest.fixture(scope='module')
 def one_thread():
     "One torch thread for a module of tiny models: intra-op threads only add overhead (and contention on a busy machine)"

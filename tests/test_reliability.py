@@ -12,7 +12,7 @@ from fastai_mtl.tasks import SegmentationTask, ClassificationTask, BoxTask, Regr
 from fastai_mtl.data import MTLDataLoaders
 from fastai_mtl.learner import mtl_learner, MTLTrainingError, TrainingGuard
 from fastai_mtl.demo import demo_body
-from conftest import ROOT
+from conftest import ROOT, quiet_learner, quiet_fit
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 
@@ -24,15 +24,7 @@ def dls_of(path, df, tasks=None, **kw):
     return MTLDataLoaders.from_df(df, path, 'fn', tasks or [SegmentationTask('mask', SHAPE_CODES, decoder='light'),
                                                              ClassificationTask('colour'), BoxTask()], **kw)
 
-def learner(dls, **kw):
-    set_seed(0)
-    learn = mtl_learner(dls, demo_body(widths=(8, 16)), pretrained=False, **kw)
-    learn.remove_cb(ProgressCallback)
-    return learn
-
-def fit(learn, *a, **kw):
-    with learn.no_logging(): learn.fit(*a, **kw)
-    return learn
+learner, fit = quiet_learner, quiet_fit
 
 # --- 1. 0/255 masks -----------------------------------------------------------------------------------------------
 def test_binary_mask_saved_as_0_255(tmp_path):

@@ -12,6 +12,7 @@ from fastai_mtl.synth import synth_shapes, SHAPE_CODES
 from fastai_mtl.tasks import SegmentationTask, ClassificationTask, BoxTask, RegressionTask, MultiLabelTask
 from fastai_mtl.data import MTLDataLoaders
 from fastai_mtl.learner import mtl_learner
+from conftest import quiet_learner, quiet_fit
 from fastai_mtl.demo import demo_body
 
 pytestmark = pytest.mark.usefixtures('one_thread')
@@ -24,15 +25,7 @@ def three(): return [SegmentationTask('mask', SHAPE_CODES, decoder='light'), Cla
 def dls_of(path, df, tasks=None, **kw):
     return MTLDataLoaders.from_df(df, path, 'fn', tasks or three(), **{'valid_col': 'is_valid', 'bs': 8, 'num_workers': 0, **kw})
 
-def learner(dls, **kw):
-    set_seed(0)
-    learn = mtl_learner(dls, demo_body(widths=(8, 16)), pretrained=False, **kw)
-    learn.remove_cb(ProgressCallback)
-    return learn
-
-def fit(learn, *a, **kw):
-    with learn.no_logging(): learn.fit(*a, **kw)
-    return learn
+learner, fit = quiet_learner, quiet_fit
 
 def state(learn): return {k: v.clone() for k, v in learn.model.state_dict().items()}
 def same(a, b): return a.keys() == b.keys() and all(torch.equal(a[k].nan_to_num(-1), b[k].nan_to_num(-1)) for k in a)
